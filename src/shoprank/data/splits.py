@@ -90,8 +90,7 @@ def time_split(ds: Dataset, valid_frac: float = 0.1, test_frac: float = 0.1) -> 
     train = usable[ts < t_valid]
     valid = usable[(ts >= t_valid) & (ts < t_test)]
     test = usable[ts >= t_test]
-    judg = ds.judgments
-    return DataSplit(_sub(ds, train, judg), _sub(ds, valid), _sub(ds, test), ds, "time")
+    return DataSplit(_sub(ds, train), _sub(ds, valid), _sub(ds, test), ds, "time")
 
 
 def _last_per_user(inter: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -115,20 +114,30 @@ def leave_last_out(ds: Dataset, seed: int = 0, with_valid: bool = True) -> DataS
         rest, valid = _last_per_user(rest, seed + 1)
     else:
         valid = rest.iloc[0:0]
-    return DataSplit(_sub(ds, rest, ds.judgments), _sub(ds, valid), _sub(ds, test), ds, "leave_last_out")
+    return DataSplit(_sub(ds, rest), _sub(ds, valid), _sub(ds, test), ds, "leave_last_out")
 
 
 def split_dataset(ds: Dataset, how: str = "auto", **kw: float) -> DataSplit:
     """`auto`: the data's predefined split if it has one, else a global time split."""
     if how == "auto":
         how = "predefined" if has_predefined_split(ds) else "time"
-    if how == "predefined":
-        return predefined_split(ds)
-    if how == "time":
-        return time_split(ds, **kw)
-    if how in ("leave_last_out", "loo"):
-        return leave_last_out(ds)
-    raise ShoprankError(f"unknown split {how!r}: use auto, predefined, time or leave_last_out")
+    if not len(ds.interactions):
+        # judgments only (a search dataset): the catalog is shared, queries are split
+        out = DataSplit(_sub(ds, ds.interactions), _sub(ds, ds.interactions), _sub(ds, ds.interactions), ds, "query")
+    elif how == "predefined":
+        out = predefined_split(ds)
+    elif how == "time":
+        out = time_split(ds, **kw)
+    elif how in ("leave_last_out", "loo"):
+        out = leave_last_out(ds)
+    else:
+        raise ShoprankError(f"unknown split {how!r}: use auto, predefined, time or leave_last_out")
+    if len(ds.judgments):
+        jt, jv, jte = query_split(ds)
+        out.train = out.train.with_tables(judgments=jt)
+        out.valid = out.valid.with_tables(judgments=jv)
+        out.test = out.test.with_tables(judgments=jte)
+    return out
 
 
 # -- positives, matrices and sequences -------------------------------------------
@@ -316,3 +325,26 @@ def click_rows(ds: Dataset) -> pd.DataFrame:
     out = first[cols].copy()
     out["label"] = key.isin(engaged.index).astype(np.float32)
     return out.reset_index(drop=True)
+
+
+def query_split(
+    ds: Dataset, valid_frac: float = 0.1, test_frac: float = 0.2, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Split search judgments by query, so no test query is ever seen in training."""
+    j = ds.judgments
+    if not len(j):
+        raise ShoprankError(f"dataset {ds.name!r} has no search judgments")
+    queries = np.array(sorted(j[Col.QUERY].astype(str).unique()))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(queries)
+    n_test = max(1, int(round(len(queries) * test_frac)))
+    n_valid = int(round(len(queries) * valid_frac))
+    test_q = set(queries[:n_test])
+    valid_q = set(queries[n_test : n_test + n_valid])
+    q = j[Col.QUERY].astype(str)
+    is_test, is_valid = q.isin(test_q), q.isin(valid_q)
+    return (
+        j[~is_test & ~is_valid].reset_index(drop=True),
+        j[is_valid].reset_index(drop=True),
+        j[is_test].reset_index(drop=True),
+    )
