@@ -143,6 +143,13 @@ def split_dataset(ds: Dataset, how: str = "auto", **kw: float) -> DataSplit:
 # -- positives, matrices and sequences -------------------------------------------
 
 
+def trainable(inter: pd.DataFrame) -> pd.DataFrame:
+    """Rows a model may learn from: everything except predefined `history` (context) rows."""
+    if Col.SPLIT in inter.columns:
+        return inter[inter[Col.SPLIT].fillna("") != Split.HISTORY]
+    return inter
+
+
 def positive_mask(inter: pd.DataFrame, min_event: str = "click", label_threshold: float = 0.5) -> pd.Series:
     """Which rows are positive feedback: events at or above `min_event` in the funnel, or
     explicit labels above the threshold."""
@@ -158,7 +165,7 @@ def interaction_matrix(ds: Dataset, *, users: pd.Index | None = None, positives_
     """User x item matrix of summed event strengths (explicit ratings count 1 if positive).
 
     Returns the CSR matrix (float32) and the user index (external ids, row order)."""
-    inter = ds.interactions
+    inter = trainable(ds.interactions)
     if positives_only:
         inter = inter[positive_mask(inter)]
     uidx = pd.Index(sorted(inter[Col.USER_ID].astype(str).unique())) if users is None else users
@@ -173,7 +180,7 @@ def interaction_matrix(ds: Dataset, *, users: pd.Index | None = None, positives_
 
 def user_sequences(ds: Dataset, *, positives_only: bool = True, seed: int = 0) -> dict[str, np.ndarray]:
     """Each user's items (internal ids) in time order: the input of sequential models."""
-    inter = ds.interactions
+    inter = trainable(ds.interactions)
     if positives_only:
         inter = inter[positive_mask(inter)]
     o = ordered(inter, seed)
@@ -187,7 +194,8 @@ def user_sequences(ds: Dataset, *, positives_only: bool = True, seed: int = 0) -
 
 def item_popularity(ds: Dataset) -> np.ndarray:
     """Positive-interaction counts per catalog item (0 for items never seen)."""
-    inter = ds.interactions[positive_mask(ds.interactions)]
+    inter = trainable(ds.interactions)
+    inter = inter[positive_mask(inter)]
     return np.bincount(ds.item_map.to_internal(inter[Col.ITEM_ID]), minlength=ds.n_items).astype(np.float64)
 
 
@@ -308,9 +316,7 @@ def click_rows(ds: Dataset) -> pd.DataFrame:
     (user, item) exposure is the first view of the pair, labelled 1 if the user went on to
     click, cart or buy that item, else 0. Predefined `history` rows are never targets.
     """
-    inter = ds.interactions
-    if Col.SPLIT in inter.columns:
-        inter = inter[inter[Col.SPLIT].fillna("") != Split.HISTORY]
+    inter = trainable(ds.interactions)
     cols = [Col.USER_ID, Col.ITEM_ID, Col.TIMESTAMP]
     rated = inter[inter[Col.EVENT] == "rating"]
     if len(rated):

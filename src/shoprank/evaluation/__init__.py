@@ -33,6 +33,7 @@ from shoprank.evaluation.ranking import (
     evaluate_click,
     evaluate_full_ranking,
     evaluate_search,
+    search_report,
 )
 
 __all__ = [
@@ -64,4 +65,5 @@ __all__ = [
     "ranking_metrics",
     "recall_at_k",
     "recommendation_popularity",
+    "search_report",
 ]

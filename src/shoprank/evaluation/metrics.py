@@ -281,7 +281,7 @@ def _precision(m: Matched, k: int) -> np.ndarray:
 
 
 def _hr(m: Matched, k: int) -> np.ndarray:
-    return _undefined(m.hit[:, :k].any(1).astype(np.float64), m.n_rel)
+    return _undefined(np.asarray(m.hit[:, :k].any(1), dtype=np.float64), m.n_rel)
 
 
 def _mrr(m: Matched, k: int) -> np.ndarray:

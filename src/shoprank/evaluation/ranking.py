@@ -470,6 +470,30 @@ def evaluate_search(
     n_bootstrap: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+) -> dict[str, Any]:
+    """JSON-able `search_report(...).to_dict(per_user=True)`: metrics, CIs, slices, per-query.
+
+    A dict like `evaluate_click`'s, so protocol code can treat both alike; judged query sets
+    are small, so the per-query values ("per_query") are included.
+    """
+    rep = search_report(
+        scores, grades, ks, relevance_threshold=relevance_threshold, gain=gain, slices=slices,
+        n_bootstrap=n_bootstrap, seed=seed, alpha=alpha,
+    )
+    return rep.to_dict(per_user=True)
+
+
+def search_report(
+    scores: Sequence[np.ndarray],
+    grades: Sequence[np.ndarray],
+    ks: Sequence[int] = (5, 10),
+    *,
+    relevance_threshold: float | None = None,
+    gain: GainKind = "exp",
+    slices: Mapping[str, np.ndarray] | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
 ) -> RankingReport:
     """Graded NDCG@k and MRR per query for a model's scores on judged candidates.
 

@@ -120,6 +120,12 @@ def base_suffix(path: Path) -> str:
     return Path(name).suffix
 
 
+def default_name(sources: Sequence[Path]) -> str:
+    """A folder source names the dataset; otherwise the first file's folder does."""
+    first = sources[0]
+    return (first if first.is_dir() else first.resolve().parent).name or "dataset"
+
+
 def base_stem(path: Path) -> str:
     name = path.name
     if name.lower().endswith(".gz"):

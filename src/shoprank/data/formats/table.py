@@ -19,6 +19,7 @@ from shoprank.data.formats._io import (
     RawRows,
     assemble,
     base_stem,
+    default_name,
     base_suffix,
     object_frame,
     read_delimited,
@@ -103,7 +104,7 @@ def load_table(
             "catalog/products file; interactions and judgments must refer to catalog items"
         )
     return assemble(
-        name or base_stem(sources[0]),
+        name or default_name(sources),
         parts["items"],
         parts["interactions"],
         parts["judgments"],
