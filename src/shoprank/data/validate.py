@@ -108,10 +108,12 @@ def parse_time(values: pd.Series) -> pd.Series:
     is_num = num.notna()
     out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
     if is_num.any():
-        n = num[is_num].astype("float64")
-        ms = n.abs() > 1e11  # beyond year 5138 in seconds: read as milliseconds
-        secs = np.where(ms, n / 1000.0, n)
-        out.loc[is_num] = pd.to_datetime(secs, unit="s", utc=True, errors="coerce")
+        ms = is_num & (num.abs() > 1e11)  # beyond year 5138 in seconds: read as milliseconds
+        # Convert each unit on its own: dividing ms by 1000 first adds float noise (~100 ns).
+        for mask, unit in ((is_num & ~ms, "s"), (ms, "ms")):
+            if mask.any():
+                vals = num[mask].to_numpy(dtype="float64")
+                out.loc[mask] = pd.to_datetime(vals, unit=unit, utc=True, errors="coerce")  # type: ignore[call-overload]
     rest = ~is_num & values.notna()
     if rest.any():
         out.loc[rest] = pd.to_datetime(

@@ -107,7 +107,8 @@ def _history_matrix(
     return m
 
 
-def _dense(m: sp.spmatrix | np.ndarray) -> np.ndarray:
+def _dense(m: Any) -> np.ndarray:
+    """Sparse or dense product result -> dense float32 array."""
     return np.asarray(m.toarray() if sp.issparse(m) else m, dtype=np.float32)
 
 
@@ -573,10 +574,6 @@ class BM25Ranker(Ranker):
             cjk_threshold=cjk_threshold,
             max_description_chars=max_description_chars,
         )
-        if tokenizer not in ("auto", "word", "cjk_bigram"):
-            raise ShoprankError(f"unknown tokenizer {tokenizer!r}: auto, word or cjk_bigram")
-        if method not in ("robertson", "lucene", "atire"):
-            raise ShoprankError(f"bm25 method {method!r} not supported: robertson, lucene or atire")
         self.k1 = k1
         self.b = b
         self.method = method
@@ -590,6 +587,10 @@ class BM25Ranker(Ranker):
     def fit(self, train: Dataset, valid: Dataset | None = None) -> Self:
         import bm25s
 
+        if self.tokenizer not in ("auto", "word", "cjk_bigram"):
+            raise ShoprankError(f"unknown tokenizer {self.tokenizer!r}: auto, word or cjk_bigram")
+        if self.method not in ("robertson", "lucene", "atire"):
+            raise ShoprankError(f"bm25 method {self.method!r} not supported: robertson, lucene or atire")
         texts = item_texts(train.items, self.max_description_chars)
         self.mode_ = self.tokenizer
         if self.mode_ == "auto":
@@ -891,7 +892,7 @@ class LightGBMRanker(Ranker):
         k = max(2, min(self.n_folds, len(all_users)))
         fold_of = pd.Series(rng.permutation(len(all_users)) % k, index=all_users)
         x_fold = fold_of.reindex(uidx).to_numpy()
-        row_fold = fold_of.loc[r_users].to_numpy()
+        row_fold = fold_of.reindex(pd.Index(r_users)).to_numpy()
         self.stats_ = _stats(x, r_items, r_labels, n, 1.0)
 
         feats = np.zeros((len(rows), len(FEATURES)), np.float32)
@@ -920,7 +921,8 @@ class LightGBMRanker(Ranker):
             "verbose": -1,
         }
         dtrain = lgb.Dataset(feats, r_labels, feature_name=FEATURES, free_raw_data=True)
-        valid_sets, callbacks = [], []
+        valid_sets: list[Any] = []
+        callbacks: list[Any] = []
         if valid is not None:
             vrows = click_rows(valid)
             if len(vrows) and vrows["label"].nunique() > 1:
@@ -942,6 +944,8 @@ class LightGBMRanker(Ranker):
         """Probability that each (user history, item) row is a click / like."""
         self._check_fitted()
         assert self.stats_ is not None
+        if len(users) == 0:
+            return np.zeros(0, np.float32)
         f = self._features(self.stats_, users.histories, users.labels, np.asarray(items))
         it = self.best_iteration_ if self.best_iteration_ > 0 else None
         return np.asarray(self.booster_.predict(f, num_iteration=it), dtype=np.float32)

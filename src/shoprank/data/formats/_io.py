@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -139,7 +139,7 @@ def read_delimited(
     *,
     delimiter: str = ",",
     encoding: str = "utf-8",
-    quoting: int = csv.QUOTE_MINIMAL,
+    quoting: Literal[0, 1, 2, 3] = csv.QUOTE_MINIMAL,
     text: str | None = None,
 ) -> RawRows:
     """CSV/TSV through the csv module: exact 1-based start lines, cells as ``str``.
@@ -199,6 +199,11 @@ class _Lines:
 _WS = re.compile(r"\s*")
 
 
+def _skip_ws(text: str, pos: int) -> int:
+    m = _WS.match(text, pos)
+    return m.end() if m else pos
+
+
 def iter_json_lines(text: str, file: str) -> Iterator[tuple[int, Any | Reject]]:
     """``(line, value)`` per non-blank line; unparsable lines come back as `Reject`."""
     for i, raw in enumerate(text.split("\n"), start=1):
@@ -218,10 +223,10 @@ def iter_json_array(text: str, file: str) -> Iterator[tuple[int, Any]]:
     """
     lines = _Lines(text)
     dec = json.JSONDecoder()
-    pos = _WS.match(text, 0).end()  # type: ignore[union-attr]
+    pos = _skip_ws(text, 0)
     if not text.startswith("[", pos):
         raise DataError("expected a JSON array", file=file, line=lines(pos))
-    pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
+    pos = _skip_ws(text, pos + 1)
     if text.startswith("]", pos):
         return
     while True:
@@ -230,9 +235,9 @@ def iter_json_array(text: str, file: str) -> Iterator[tuple[int, Any]]:
         except json.JSONDecodeError as e:
             raise DataError(f"invalid JSON: {e.msg}", file=file, line=e.lineno) from None
         yield lines(pos), value
-        pos = _WS.match(text, end).end()  # type: ignore[union-attr]
+        pos = _skip_ws(text, end)
         if text.startswith(",", pos):
-            pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
+            pos = _skip_ws(text, pos + 1)
             continue
         if text.startswith("]", pos):
             return
@@ -243,10 +248,10 @@ def iter_json_object(text: str, file: str) -> Iterator[tuple[int, str, Any]]:
     """``(line, key, value)`` for a top-level JSON object (e.g. ``{"<id>": {...}}``)."""
     lines = _Lines(text)
     dec = json.JSONDecoder()
-    pos = _WS.match(text, 0).end()  # type: ignore[union-attr]
+    pos = _skip_ws(text, 0)
     if not text.startswith("{", pos):
         raise DataError("expected a JSON object", file=file, line=lines(pos))
-    pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
+    pos = _skip_ws(text, pos + 1)
     if text.startswith("}", pos):
         return
     while True:
@@ -254,17 +259,17 @@ def iter_json_object(text: str, file: str) -> Iterator[tuple[int, str, Any]]:
             key, end = dec.raw_decode(text, pos)
             if not isinstance(key, str):
                 raise json.JSONDecodeError("expected a string key", text, pos)
-            colon = _WS.match(text, end).end()  # type: ignore[union-attr]
+            colon = _skip_ws(text, end)
             if not text.startswith(":", colon):
                 raise json.JSONDecodeError("expected ':'", text, colon)
-            vpos = _WS.match(text, colon + 1).end()  # type: ignore[union-attr]
+            vpos = _skip_ws(text, colon + 1)
             value, end = dec.raw_decode(text, vpos)
         except json.JSONDecodeError as e:
             raise DataError(f"invalid JSON: {e.msg}", file=file, line=e.lineno) from None
         yield lines(pos), key, value
-        pos = _WS.match(text, end).end()  # type: ignore[union-attr]
+        pos = _skip_ws(text, end)
         if text.startswith(",", pos):
-            pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
+            pos = _skip_ws(text, pos + 1)
             continue
         if text.startswith("}", pos):
             return
@@ -276,11 +281,9 @@ def read_json_records(path: Path, *, text: str | None = None) -> RawRows:
     text = read_text(path) if text is None else text
     file = str(path)
     first = text.lstrip()[:1]
-    items: Iterable[tuple[int, Any]]
-    if first == "[":
-        items = iter_json_array(text, file)
-    else:
-        items = iter_json_lines(text, file)
+    items: Iterable[tuple[int, Any]] = (
+        iter_json_array(text, file) if first == "[" else iter_json_lines(text, file)
+    )
     out = RawRows(file, [], [], [])
     cols: dict[str, None] = {}
     for line, value in items:
@@ -303,7 +306,7 @@ def read_parquet_rows(path: Path) -> RawRows:
     except Exception as e:  # pyarrow raises several unrelated types
         raise DataError(f"cannot read Parquet: {e}", file=str(path)) from None
     records = [
-        {k: (None if _isna(v) else v) for k, v in r.items()}
+        {str(k): (None if _isna(v) else v) for k, v in r.items()}
         for r in df.astype(object).to_dict("records")
     ]
     return RawRows(str(path), [str(c) for c in df.columns], records, list(range(1, len(df) + 1)))
@@ -505,7 +508,7 @@ def assemble(
                         int(frame[LINE].iloc[j]),
                         Col.ITEM_ID,
                         f"duplicate id {ids[j]} (first seen in {seen[str(ids[j])]})",
-                        {k: v for k, v in frame.iloc[j].items() if k != LINE},
+                        {str(k): v for k, v in frame.iloc[j].items() if k != LINE},
                     )
                     for j in np.flatnonzero(dup)
                 ]

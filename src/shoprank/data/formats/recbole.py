@@ -87,7 +87,7 @@ def catalog_part(rows: RawRows, types: dict[str, str]) -> Part:
     out: list[dict[str, Any]] = []
     for r in rows.records:
         rec: dict[str, Any] = {k: r.get(k) for k in _KNOWN_ITEM_COLS if k in r}
-        rec[Col.TITLE] = titled(r.get(title_col), r.get(year_col)) if title_col else None
+        rec[Col.TITLE] = titled(r.get(title_col), r.get(year_col) if year_col else None) if title_col else None
         if cat_col:
             rec[Col.CATEGORY] = _seq(r.get(cat_col), types.get(cat_col, "token"))
         extra = {k: v for k, v in r.items() if k not in used and isinstance(v, str) and v.strip()}
