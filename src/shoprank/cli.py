@@ -109,7 +109,7 @@ def data_check(
 
     rep = ValidationReport()
     m = {k: str(v) for k, v in _parse_kv(mapping, "--map").items()}
-    check_path(path[0] if len(path) == 1 else path, fmt=fmt, mapping=m or None, on_bad_rows=on_bad_rows, report=rep)  # type: ignore[arg-type]
+    check_path(path[0] if len(path) == 1 else path, fmt=fmt, mapping=m or None, on_bad_rows=on_bad_rows, report=rep)
     _report(rep, on_bad_rows, quarantine)
     if rep.rejected:
         raise typer.Exit(1)

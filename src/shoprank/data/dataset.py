@@ -49,7 +49,7 @@ class IdMap:
     def to_internal(self, ids: Sequence[Any] | pd.Series | np.ndarray, *, missing: int | None = None) -> np.ndarray:
         """Map external ids; unknown ids raise unless `missing` gives a fill value."""
         arr = pd.Series(np.asarray(ids, dtype="object")).astype(str)
-        idx = self._ext.get_indexer(arr)
+        idx = self._ext.get_indexer(pd.Index(arr))
         if (idx < 0).any():
             if missing is None:
                 bad = arr[idx < 0].iloc[0]

@@ -169,7 +169,7 @@ def interaction_matrix(ds: Dataset, *, users: pd.Index | None = None, positives_
     if positives_only:
         inter = inter[positive_mask(inter)]
     uidx = pd.Index(sorted(inter[Col.USER_ID].astype(str).unique())) if users is None else users
-    rows = uidx.get_indexer(inter[Col.USER_ID].astype(str))
+    rows = uidx.get_indexer(pd.Index(inter[Col.USER_ID].astype(str)))
     keep = rows >= 0
     cols = ds.item_map.to_internal(inter[Col.ITEM_ID].to_numpy()[keep])
     w = inter[Col.EVENT].map(EVENT_STRENGTH).fillna(1.0).to_numpy(dtype=np.float32)[keep]

@@ -251,12 +251,15 @@ def validate_table(
     if bad.any():
         lines = df.loc[bad, LINE]
         if policy is OnBadRows.ERROR:
-            first = lines.idxmin()
+            pos = int(np.argmin(lines.to_numpy()))
+            first_reason = str(reason[bad].iloc[pos])
+            first_col = str(column[bad].iloc[pos])
+            value = df.loc[bad, first_col].iloc[pos]
             raise DataError(
-                f"{reason[first]}: {_short(_printable(df.loc[first, column[first]]))}",
+                f"{first_reason}: {_short(_printable(value))}",
                 file=file,
-                line=int(df.loc[first, LINE]),
-                column=str(column[first]),
+                line=int(lines.iloc[pos]),
+                column=first_col,
             )
         rej = pd.DataFrame(
             {

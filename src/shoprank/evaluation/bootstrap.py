@@ -9,12 +9,12 @@ every resample's mean, for any number of metrics that share the same resamples.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 NanPolicy = Literal["raise", "omit"]
-Stat = Callable[..., np.ndarray | float]
+Stat = Callable[..., Any]  # called as stat(x) and stat(matrix, axis=1)
 
 DEFAULT_MAX_ELEMS = 1 << 22  # indices per chunk: 32 MiB as int64
 

@@ -21,7 +21,7 @@ from shoprank.evaluation.bootstrap import (
     DEFAULT_MAX_ELEMS,
     bootstrap_ci,
     bootstrap_mean_cis,
-    resample_counts,
+    resample_indices,
 )
 from shoprank.evaluation.metrics import (
     GainKind,
@@ -205,6 +205,8 @@ def evaluate_full_ranking(
     - Users with no relevant target are left out of every aggregate (counted in n_skipped).
     """
     n = len(users)
+    if n == 0:
+        raise ValueError("no users to evaluate")
     if len(targets) != n:
         raise ValueError(f"got {len(targets)} target lists for {n} users")
     if gains is not None and len(gains) != n:
@@ -284,8 +286,6 @@ def evaluate_full_ranking(
                     column(f"arp@{k}")[start:stop] = np.where(ok, ar, np.nan)
             bar.update(b)
 
-    if n == 0:
-        raise ValueError("no users to evaluate")
     valid = n_rel > 0
     metrics, ci, sl, sl_ci = _summarise(per_user, valid, masks, n_bootstrap, alpha, seed)
     assert n_items is not None
@@ -321,17 +321,36 @@ def _metric_order(names: list[str], ks: list[int]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _weighted_auc(
-    y_sorted: np.ndarray, block_starts: np.ndarray, w: np.ndarray
-) -> np.ndarray:
-    """AUC for each row of weights `w` (c, n) over rows sorted by score ascending."""
-    bp = np.add.reduceat(w * y_sorted, block_starts, axis=1)
-    bn = np.add.reduceat(w * (~y_sorted), block_starts, axis=1)
-    below = np.cumsum(bn, axis=1) - bn
-    num = (bp * (below + 0.5 * bn)).sum(1)
-    den = bp.sum(1) * bn.sum(1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, num / den, np.nan)
+class _AucResampler:
+    """AUC of a resample from unit counts, in O(rows) and without re-sorting.
+
+    With negatives sorted by score and C the running sum of their weights, the AUC numerator
+    is sum over positives of w_i * (C[#neg below s_i] + C[#neg <= s_i]) / 2, which counts ties
+    as one half. `searchsorted` gives both positions once; each resample is then gathers,
+    one cumulative sum and a dot product.
+    """
+
+    def __init__(self, y: np.ndarray, s: np.ndarray, unit: np.ndarray) -> None:
+        pos = np.flatnonzero(y)
+        neg = np.flatnonzero(~y)
+        neg = neg[np.argsort(s[neg], kind="stable")]
+        neg_s = s[neg]
+        self.k_lo = np.searchsorted(neg_s, s[pos], side="left")
+        self.k_hi = np.searchsorted(neg_s, s[pos], side="right")
+        self.ties = bool((self.k_lo != self.k_hi).any())
+        self.pos_unit, self.neg_unit = unit[pos], unit[neg]
+
+    def __call__(self, counts: np.ndarray) -> np.ndarray:
+        wp = counts[:, self.pos_unit]
+        wn = counts[:, self.neg_unit]
+        cn = np.zeros((counts.shape[0], wn.shape[1] + 1), dtype=counts.dtype)
+        np.cumsum(wn, axis=1, out=cn[:, 1:])
+        num = np.einsum("ij,ij->i", wp, cn[:, self.k_lo]).astype(np.float64)
+        if self.ties:
+            num = 0.5 * (num + np.einsum("ij,ij->i", wp, cn[:, self.k_hi]))
+        den = wp.sum(1).astype(np.float64) * cn[:, -1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(den > 0, num / den, np.nan)
 
 
 def _click_block(
@@ -377,24 +396,29 @@ def _click_block(
     if n_bootstrap < 1:
         return out
     # Resample groups when given (rows of one user are not independent), else rows.
-    order = np.argsort(s, kind="stable")
-    ys, ss = y[order], s[order]
-    starts = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])
-    loss_sorted = None if losses is None else losses[order]
     units = n_groups if codes is not None else n
-    codes_sorted = None if codes is None else codes[order]
-    chunk_elems = max(1, max_elems * units // max(n, 1))  # bound the (chunk, n) row weights
+    unit = codes if codes is not None else np.arange(n)
+    auc_of = _AucResampler(y, s, unit) if has_both else None
+    if losses is not None:  # per-unit loss sums and sizes: a resample's mean is two dot products
+        unit_loss = np.bincount(unit, weights=losses, minlength=units)
+        unit_size = np.bincount(unit, minlength=units).astype(np.float64)
+    if g_auc is not None and g_w is not None:
+        used = ~np.isnan(g_auc)
+        g_num = np.where(used, g_auc * g_w, 0.0)
+        g_den = np.where(used, g_w, 0.0)
+    chunk_elems = max(1, max_elems * units // n)  # bounds the (chunk, rows) weight gathers
     auc_bs, ll_bs, gauc_bs = [], [], []
-    for counts in resample_counts(units, n_bootstrap, seed, chunk_elems):
-        w = counts[:, order] if codes_sorted is None else counts[:, codes_sorted]  # sorted rows
-        auc_bs.append(_weighted_auc(ys, starts, w))
-        if loss_sorted is not None:
-            ll_bs.append(w @ loss_sorted / w.sum(1))
-        if g_auc is not None and g_w is not None:
-            used = ~np.isnan(g_auc)
-            cw = counts[:, used] * g_w[used]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                gauc_bs.append(cw @ g_auc[used] / cw.sum(1))
+    for idx in resample_indices(units, n_bootstrap, seed, chunk_elems):
+        c = idx.shape[0]
+        flat = (idx + (np.arange(c, dtype=np.int64) * units)[:, None]).reshape(-1)
+        counts = np.bincount(flat, minlength=c * units).reshape(c, units)
+        if auc_of is not None:
+            auc_bs.append(auc_of(counts))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if losses is not None:
+                ll_bs.append((counts @ unit_loss) / (counts @ unit_size))
+            if g_auc is not None:
+                gauc_bs.append((counts @ g_num) / (counts @ g_den))
 
     def ci(parts: list[np.ndarray]) -> list[float | None]:
         v = np.concatenate(parts)
@@ -404,7 +428,7 @@ def _click_block(
         lo, hi = np.quantile(v, [alpha / 2, 1 - alpha / 2])
         return [float(lo), float(hi)]
 
-    if has_both:
+    if auc_bs:
         out["auc_ci"] = ci(auc_bs)
     if ll_bs:
         out["logloss_ci"] = ci(ll_bs)
