@@ -103,7 +103,6 @@ def evaluate_model(
         )
         out = rep.to_dict()
         out["protocol"] = ts.protocol
-        out["n"] = len(ts.users)
         return out
     if task == "click":
         users, items, y, cold = click_testset(split, which)
@@ -121,9 +120,10 @@ def evaluate_model(
         imap = split.context.item_map
         cands = [imap.to_internal(g.get_group(q)[Col.ITEM_ID]) for q in queries]
         grades = [g.get_group(q)[Col.GRADE].to_numpy(dtype=np.float64) for q in queries]
-        scores = model.score_query_items([str(q) for q in queries], cands)
-        res = evaluate_search(scores, grades, ks=ks, n_bootstrap=n_bootstrap)
-        res["n"] = len(queries)
+        qscores = model.score_query_items([str(q) for q in queries], cands)
+        res = evaluate_search(qscores, grades, ks=ks, n_bootstrap=n_bootstrap)
+        res.pop("per_query", None)
+        res.setdefault("n", len(queries))
         return res
     raise ShoprankError(f"unknown task {task!r}: {', '.join(TASKS)}")
 

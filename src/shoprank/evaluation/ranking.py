@@ -203,6 +203,8 @@ def evaluate_full_ranking(
     - `item_popularity` (n_items,): adds "pop_pct@k" (mean popularity percentile of the
       recommended items; 0.5 = unbiased) and "arp@k" (mean raw popularity).
     - Users with no relevant target are left out of every aggregate (counted in n_skipped).
+    - Keys: ndcg/recall/precision/hr/map@k per k, "mrr" (first hit within max(ks)),
+      coverage@k (catalog share recommended to evaluated users; no CI), pop_pct@k, arp@k.
     """
     n = len(users)
     if n == 0:
