@@ -301,3 +301,20 @@ def test_lightgbm_learns_planted_rule() -> None:
     p = model.score(users, ds.item_map.to_internal(test["item_id"]))
     assert p.dtype == np.float32 and np.isfinite(p).all()
     assert roc_auc_score(test["label"].to_numpy(), p) > 0.9
+
+
+def test_random_ranker_is_deterministic_and_order_free(tiny_frames):
+    from shoprank.data.dataset import Dataset
+    from shoprank.models.base import UserBatch, get_model_class
+
+    items, inter, _ = tiny_frames
+    ds = Dataset.from_frames("t", items, inter)
+    m = get_model_class("random")(seed=3).fit(ds)
+    ub = UserBatch(["u1", "u2"], [np.zeros(0, np.int64)] * 2)
+    full = m.score_users(ub)
+    assert full.shape == (2, 4) and np.all((full >= 0) & (full < 1))
+    np.testing.assert_array_equal(m.score_users(ub.slice(1, 2))[0], full[1])
+    np.testing.assert_array_equal(m.score(ub, np.array([2, 3])), full[[0, 1], [2, 3]])
+    q = m.score_query_items(["hat"], [np.array([3, 1])])[0]
+    assert q[0] == m.score_query_items(["hat"], [np.array([3])])[0][0]
+    assert not np.array_equal(full, get_model_class("random")(seed=4).fit(ds).score_users(ub))

@@ -119,7 +119,10 @@ def evaluate_model(
         queries = list(g.groups)
         imap = split.context.item_map
         cands = [imap.to_internal(g.get_group(q)[Col.ITEM_ID]) for q in queries]
-        grades = [g.get_group(q)[Col.GRADE].to_numpy(dtype=np.float64) for q in queries]
+        # a dataset whose lowest grade means "irrelevant" (Home Depot: 1..3) says so in
+        # meta["grade_min"]; gains start at zero there, so irrelevant results earn nothing
+        gmin = float(split.context.meta.get("grade_min", 0.0))
+        grades = [g.get_group(q)[Col.GRADE].to_numpy(dtype=np.float64) - gmin for q in queries]
         qscores = model.score_query_items([str(q) for q in queries], cands)
         res = evaluate_search(qscores, grades, ks=ks, n_bootstrap=n_bootstrap)
         res.pop("per_query", None)

@@ -34,6 +34,7 @@ from shoprank.data.splits import (
     histories_for,
     interaction_matrix,
     positive_mask,
+    trainable,
     user_sequences,
 )
 from shoprank.errors import ShoprankError
@@ -143,7 +144,8 @@ class PopularityRanker(Ranker):
         self.item_scores_: np.ndarray = np.zeros(0, np.float32)
 
     def fit(self, train: Dataset, valid: Dataset | None = None) -> Self:
-        inter = train.interactions[positive_mask(train.interactions)]
+        inter = trainable(train.interactions)
+        inter = inter[positive_mask(inter)]
         items = train.item_map.to_internal(inter[Col.ITEM_ID])
         w = np.ones(len(items))
         if self.half_life_days is not None and len(inter):
@@ -1002,3 +1004,62 @@ __all__ = [
     "item_texts",
     "tokenize",
 ]
+
+
+# -- random -----------------------------------------------------------------------------------
+
+
+@register("random")
+class RandomRanker(Ranker):
+    """Seeded random scores for every task: the chance level each metric is read against.
+
+    Scores are a hash of (seed, user, item) or (seed, query, item), so they are the same for
+    the same pair in any batch or order, and saving needs nothing but the seed."""
+
+    tasks: ClassVar[frozenset[str]] = frozenset({"recommend", "click", "search"})
+
+    def __init__(self, *, seed: int = 0) -> None:
+        super().__init__(seed=seed)
+        self.seed = seed
+
+    def fit(self, train: Dataset, valid: Dataset | None = None) -> Self:
+        self.n_items_ = train.n_items
+        self.fitted_ = True
+        return self
+
+    def _rand(self, key: str, items: np.ndarray) -> np.ndarray:
+        import zlib
+
+        h = zlib.crc32(f"{self.seed}\x00{key}".encode())
+        x = (np.asarray(items, dtype=np.uint64) + np.uint64(h)) * np.uint64(0x9E3779B97F4A7C15)
+        x ^= x >> np.uint64(31)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(29)
+        return (x >> np.uint64(40)).astype(np.float32) / np.float32(2**24)
+
+    def score_users(self, users: UserBatch) -> np.ndarray:
+        self._check_fitted()
+        all_items = np.arange(self.n_items_)
+        if not len(users):
+            return np.zeros((0, self.n_items_), np.float32)
+        return np.stack([self._rand(u, all_items) for u in users.user_ids])
+
+    def score(self, users: UserBatch, items: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        return np.array([self._rand(u, np.array([i]))[0] for u, i in zip(users.user_ids, items, strict=True)],
+                        dtype=np.float32)
+
+    def score_query_items(self, queries: Sequence[str], candidates: Sequence[np.ndarray]) -> list[np.ndarray]:
+        self._check_fitted()
+        return [self._rand(q, c) for q, c in zip(queries, candidates, strict=True)]
+
+    def search(self, queries: Sequence[str], k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        self._check_fitted()
+        scores = np.stack([self._rand(q, np.arange(self.n_items_)) for q in queries])
+        return top_k(scores, k)
+
+    def _save_state(self, path: Path) -> None:
+        pass  # the seed in config.json is the whole state
+
+    def _load_state(self, path: Path) -> None:
+        pass

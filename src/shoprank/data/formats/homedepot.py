@@ -128,6 +128,8 @@ def load_homedepot(
             Part(rows.file, object_frame(jrows, [Col.QUERY, Col.ITEM_ID, Col.GRADE, Col.LABELER], rows.lines), rows.rejects)
         )
     meta = {
+        # grade 1 means irrelevant: evaluation subtracts this so that it earns no gain
+        "grade_min": 1.0,
         "provenance": "Home Depot product search relevance (Kaggle 2016): "
         + ", ".join(r.file for r in judged),
         "notes": [
