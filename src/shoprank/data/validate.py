@@ -84,12 +84,26 @@ def _omap(s: pd.Series, f: Any, dtype: str = "object") -> pd.Series:
     return pd.Series([f(v) for v in s.to_numpy(dtype=object)], index=s.index, dtype=dtype)
 
 
+def _utf8_clean(s: pd.Series) -> bool:
+    """True when no cell carries undecodable bytes: one C-level encode of the whole column."""
+    if s.dtype != object:
+        return True
+    try:
+        "\x00".join(v for v in s.to_numpy(dtype=object) if isinstance(v, str)).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _has_bad_utf8(s: pd.Series) -> pd.Series:
     """Cells read with errors='surrogateescape' carry lone surrogates for bad bytes."""
     return _omap(s, lambda v: isinstance(v, str) and _SURROGATE.search(v) is not None, "bool")
 
 
 def _blank(s: pd.Series) -> pd.Series:
+    if _utf8_clean(s):
+        st = s.astype("string")
+        return (st.isna() | (st.str.strip() == "")).fillna(True).astype(bool)
     return _omap(s, lambda v: _isna(v) or (isinstance(v, str) and not v.strip()), "bool")
 
 
@@ -177,11 +191,16 @@ def validate_table(
     out = pd.DataFrame(index=df.index)
     for c in spec.columns:
         s = df[c.name]
-        isnull = _blank(s)
+        isnull = s.isna().astype(bool) if s.dtype != object else _blank(s)
         if c.kind == STR:
-            bad_utf8 = _has_bad_utf8(s)
-            problems.append((bad_utf8, c.name, "invalid UTF-8 bytes"))
-            out[c.name] = _omap(s, _text).where(~isnull, None)
+            if _utf8_clean(s):
+                # fast path, no bad bytes anywhere in the column: vectorised string ops
+                st = s.astype("string").str.strip()
+                isnull = (st.isna() | (st == "")).fillna(True).astype(bool)
+                out[c.name] = st.astype(object).where(~isnull, None)
+            else:
+                problems.append((_has_bad_utf8(s), c.name, "invalid UTF-8 bytes"))
+                out[c.name] = _omap(s, _text).where(~isnull, None)
         elif c.kind == FLOAT:
             num = pd.to_numeric(s, errors="coerce").astype("float64")
             unparsable = num.isna() & ~isnull
