@@ -16,7 +16,7 @@ app = typer.Typer(help="shoprank: e-commerce search and recommendation on langua
                   no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Create, import and check dataset folders.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console(soft_wrap=True, highlight=False)
+console = Console(soft_wrap=True, highlight=False, width=None if Console().is_terminal else 150)
 err = Console(stderr=True)
 
 

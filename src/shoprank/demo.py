@@ -56,7 +56,7 @@ def run_demo(
 ) -> DemoResult:
     from shoprank.data.synth import SynthConfig, save_synth
 
-    console = console or Console()
+    console = console or Console(width=150 if not Console().is_terminal else None)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = out_root / f"demo-{lang}-{stamp}"
     cfg = SynthConfig.preset(preset)

@@ -327,7 +327,11 @@ class _FactorRanker(Ranker):
         x = _binary_positives(train)
         model = self._implicit_model()
         if x.nnz:
-            model.fit(x, show_progress=False)
+            from threadpoolctl import threadpool_limits
+
+            # implicit parallelises itself; a BLAS thread pool on top only oversubscribes
+            with threadpool_limits(1, "blas"):
+                model.fit(x, show_progress=False)
             factors = np.asarray(model.item_factors, dtype=np.float32)
         else:  # nothing to learn from: zero factors, scores fall back to popularity
             factors = np.zeros((train.n_items, self._width()), np.float32)

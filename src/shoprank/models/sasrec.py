@@ -48,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "patience": 10,
     "seed": 0,
     "device": "cpu",
-    "num_threads": 2,
+    "num_threads": 1,  # tiny matrices: extra threads only add sync overhead (5-10x slower on a busy 2-core box)
     "verbose": True,
 }
 
