@@ -24,11 +24,17 @@ DEMO_MODELS: list[tuple[str, str, dict[str, Any]]] = [
     ("recommend", "transition", {}),
     ("recommend", "als", {"iterations": 15}),
     ("recommend", "bpr", {"iterations": 60}),
-    ("recommend", "sasrec", {"epochs": 20}),
+    ("recommend", "sasrec", {"epochs": 30}),
+    ("recommend", "dense", {}),
+    ("recommend", "random", {}),
     ("click", "popularity", {}),
     ("click", "itemknn", {}),
     ("click", "lightgbm", {}),
+    ("click", "dense", {}),
+    ("click", "random", {}),
     ("search", "bm25", {}),
+    ("search", "dense", {}),
+    ("search", "random", {}),
 ]
 
 HEADLINE = {
@@ -71,6 +77,8 @@ def run_demo(
     res = DemoResult(run_dir)
     for task, name, params in models if models is not None else DEMO_MODELS:
         console.print(f"[cyan]{task:<10}[/] training {name} ...")
+        if name == "dense":  # one embedding pass serves all three tasks
+            params = {"cache_dir": str(run_dir / "cache"), **params}
         tr = train_model(ds, task, name, params=params, split=split, out=run_dir / "models" / f"{task}-{name}")
         metrics = evaluate_model(tr.model, split, task, n_bootstrap=n_bootstrap, progress=False)
         row = {"task": task, "model": name, "fit_s": round(tr.seconds, 2), **_flat(metrics)}

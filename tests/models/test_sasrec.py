@@ -14,8 +14,8 @@ from shoprank.models.base import UserBatch, get_model_class, load_model
 from shoprank.models.sasrec import SASRec
 
 N_ITEMS = 12
-FAST = {"max_len": 8, "hidden": 32, "n_layers": 1, "n_heads": 1, "dropout": 0.1, "lr": 5e-3,
-        "epochs": 25, "patience": 5, "verbose": False, "num_threads": 1}
+FAST = {"max_len": 8, "hidden": 32, "n_layers": 1, "n_heads": 1, "dropout": 0.1, "lr": 1e-2,
+        "epochs": 40, "patience": 5, "verbose": False, "num_threads": 1}
 
 
 def _cyclic(n_users: int = 60, length: int = 8, seed: int = 0) -> tuple[Dataset, Dataset]:
@@ -44,8 +44,8 @@ def data() -> tuple[Dataset, Dataset]:
 
 @pytest.fixture(scope="module")
 def fitted(data: tuple[Dataset, Dataset]) -> SASRec:
-    train, valid = data
-    return SASRec(**FAST).fit(train, valid)
+    """Fixed epochs (no early stopping): valid NDCG saturates at 1.0 before every prefix is learnt."""
+    return SASRec(**FAST).fit(data[0])
 
 
 def _probe(ds: Dataset) -> tuple[UserBatch, np.ndarray]:
@@ -64,10 +64,20 @@ def test_learns_next_item(fitted: SASRec, data: tuple[Dataset, Dataset]) -> None
     scores = fitted.score_users(users)
     assert scores.dtype == np.float32 and scores.shape == (len(users), N_ITEMS)
     hr1 = float((scores.argmax(1) == tgt).mean())
-    assert hr1 >= 0.9
-    assert fitted.best_valid_ndcg_ > 0.8
+    assert hr1 >= 0.95
     top, _ = fitted.recommend(users, k=1)
     assert (top[:, 0] == scores.argmax(1)).all()
+
+
+def test_early_stopping_restores_best(data: tuple[Dataset, Dataset]) -> None:
+    train, valid = data
+    m = SASRec(**(FAST | {"epochs": 200, "patience": 3})).fit(train, valid)
+    assert len(m.history_) < 200  # stopped early
+    assert m.best_epoch_ == len(m.history_) - 3
+    assert m.best_valid_ndcg_ > 0.8
+    vset = m._valid_set(train, valid)
+    assert vset is not None
+    assert m._ndcg10(*vset) == pytest.approx(m.best_valid_ndcg_)  # best weights are back
 
 
 def test_fit_returns_self_and_registered(data: tuple[Dataset, Dataset]) -> None:
