@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from _common import SHARED, md_table, record
+
 from shoprank.data.loaders import import_dataset
 from shoprank.data.splits import DataSplit, click_rows, split_dataset
 from shoprank.evaluation.protocol import evaluate_model
