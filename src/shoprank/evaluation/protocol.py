@@ -109,6 +109,12 @@ def evaluate_model(
         scores = model.score(users, items)
         groups = np.asarray(users.user_ids)
         res = evaluate_click(y, scores, groups=groups, slices={"cold_start": cold, "warm": ~cold}, n_bootstrap=n_bootstrap)
+        if not getattr(model, "probabilistic", False):
+            # scores in [0, 1] are not necessarily probabilities (a cosine, a popularity share)
+            for block in (res, *res.get("slices", {}).values()):
+                block["logloss"] = None
+                block.pop("logloss_ci", None)
+                block["logloss_skipped"] = f"model {model.name!r} does not output probabilities"
         res["n"] = len(y)
         return res
     if task == "search":

@@ -92,6 +92,8 @@ class Ranker:
 
     name: ClassVar[str] = "base"
     tasks: ClassVar[frozenset[str]] = frozenset()  # subset of {"click", "recommend", "search"}
+    # True when `score` returns calibrated probabilities (log loss is only meaningful then)
+    probabilistic: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self.params = params

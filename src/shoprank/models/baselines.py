@@ -735,6 +735,7 @@ class LightGBMRanker(Ranker):
     users. Early stopping on `valid` rows when given (their histories from train+valid)."""
 
     tasks: ClassVar[frozenset[str]] = frozenset({"click"})
+    probabilistic: ClassVar[bool] = True
 
     def __init__(
         self,
