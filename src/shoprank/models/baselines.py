@@ -324,17 +324,17 @@ class _FactorRanker(Ranker):
         raise NotImplementedError
 
     def fit(self, train: Dataset, valid: Dataset | None = None) -> Self:
-        x = _binary_positives(train)
-        model = self._implicit_model()
-        if x.nnz:
-            from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits
 
-            # implicit parallelises itself; a BLAS thread pool on top only oversubscribes
-            with threadpool_limits(1, "blas"):
+        x = _binary_positives(train)
+        # implicit parallelises itself; a BLAS thread pool on top only oversubscribes
+        with threadpool_limits(1, "blas"):
+            model = self._implicit_model()
+            if x.nnz:
                 model.fit(x, show_progress=False)
-            factors = np.asarray(model.item_factors, dtype=np.float32)
-        else:  # nothing to learn from: zero factors, scores fall back to popularity
-            factors = np.zeros((train.n_items, self._width()), np.float32)
+                factors = np.asarray(model.item_factors, dtype=np.float32)
+            else:  # nothing to learn from: zero factors, scores fall back to popularity
+                factors = np.zeros((train.n_items, self._width()), np.float32)
         self.item_factors_ = factors
         self.pop_ = _normalised(np.asarray(x.sum(axis=0)).ravel())
         self.n_items_ = train.n_items
