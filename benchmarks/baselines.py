@@ -88,7 +88,7 @@ def tallrec() -> str:
                     sub = DataSplit(split.train.with_tables(interactions=inter), split.valid, split.test,
                                     split.context, split.kind)
                 try:
-                    aucs.append(fit_eval(sub, "click", name, params)["metrics"]["auc"] * 100)
+                    aucs.append(fit_eval(sub, "click", name, params)["auc"] * 100)
                 except Exception as e:  # a model that cannot fit on 16 rows is reported, not hidden
                     print(f"{name} shots={shots} seed={seed}: {type(e).__name__}: {e}")
             key = f"{shots or 'all'}"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from shoprank.errors import ShoprankError
 from shoprank.text.cache import EmbeddingCache
@@ -62,6 +63,31 @@ def resolve_model_path(name: str) -> Path:
     return p
 
 
+def load_pretrained(name: str, **config_overrides: Any) -> tuple[Any, Any]:
+    """(model, tokenizer) of an encoder, loaded offline; `config_overrides` change the model
+    config (e.g. dropout for fine-tuning). The model comes in eval mode."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_model_path(name)
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModel.from_pretrained(path, local_files_only=True, **config_overrides).eval()
+    return model, tok
+
+
+def pool(hidden: Any, mask: Any, pooling: str = "mean", normalize: bool = True) -> Any:
+    """Sentence vector from token states: masked mean (padding ignored) or the CLS token."""
+    import torch
+
+    if pooling == "cls":
+        out = hidden[:, 0]
+    elif pooling == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        out = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    else:
+        raise ShoprankError(f"unknown pooling {pooling!r}: mean or cls")
+    return torch.nn.functional.normalize(out, dim=-1) if normalize else out
+
+
 @dataclass
 class EncoderConfig:
     model: str = "minilm"
@@ -74,6 +100,8 @@ class EncoderConfig:
 
 class TextEncoder:
     """Frozen sentence encoder with batching, deduplication and an optional disk cache."""
+
+    CHUNK = 2048  # texts per length-sorted chunk (and per cache write)
 
     def __init__(self, config: EncoderConfig | None = None, *, cache_dir: str | Path | None = None) -> None:
         self.config = config or EncoderConfig()
@@ -88,12 +116,10 @@ class TextEncoder:
         if self._model is not None:
             return
         import torch
-        from transformers import AutoModel, AutoTokenizer
 
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)
-        self._tok = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-        self._model = AutoModel.from_pretrained(self.path, local_files_only=True).eval()
+        self._model, self._tok = load_pretrained(str(self.path))
 
     @property
     def model(self) -> Any:
@@ -131,14 +157,7 @@ class TextEncoder:
         return self._cache
 
     def pool(self, hidden: Any, mask: Any) -> Any:
-        import torch
-
-        if self.config.pooling == "cls":
-            out = hidden[:, 0]
-        else:
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            out = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(out, dim=-1) if self.config.normalize else out
+        return pool(hidden, mask, self.config.pooling, self.config.normalize)
 
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """float32 (len(texts), dim); equal texts are encoded once."""
@@ -153,16 +172,20 @@ class TextEncoder:
             got, found = cache.get(uniq_l, dim)
             vecs[found] = got[found]
             todo = np.flatnonzero(~found)
-        if len(todo):
-            new = self._encode_uncached([uniq_l[i] for i in todo], progress=progress)
-            vecs[todo] = new
+        bar = tqdm(total=len(todo), desc="encode", unit="text", disable=not progress or not len(todo))
+        # chunks go to the cache as they finish, so an interrupted run loses little
+        for s in range(0, len(todo), self.CHUNK):
+            part = todo[s : s + self.CHUNK]
+            new = self._encode_uncached([uniq_l[i] for i in part])
+            vecs[part] = new
             if cache is not None:
-                cache.put([uniq_l[i] for i in todo], new)
+                cache.put([uniq_l[i] for i in part], new)
+            bar.update(len(part))
+        bar.close()
         return vecs[inverse] if len(texts) else vecs
 
-    def _encode_uncached(self, texts: list[str], *, progress: bool) -> np.ndarray:
+    def _encode_uncached(self, texts: list[str]) -> np.ndarray:
         import torch
-        from tqdm.auto import tqdm
 
         tok, model = self.tokenizer, self.model
         enc = tok(texts, truncation=True, max_length=self.config.max_length, add_special_tokens=True)
@@ -170,13 +193,10 @@ class TextEncoder:
         order = np.argsort(-lengths, kind="stable")  # longest first: memory peak shows up at once
         out = np.zeros((len(texts), model.config.hidden_size), np.float32)
         bs = self.config.batch_size
-        bar = tqdm(total=len(texts), desc="encode", unit="text", disable=not progress)
         with torch.inference_mode():
             for s in range(0, len(order), bs):
                 idx = order[s : s + bs]
                 batch = tok.pad({k: [enc[k][i] for i in idx] for k in enc}, return_tensors="pt")
                 hidden = model(**batch).last_hidden_state
                 out[idx] = self.pool(hidden, batch["attention_mask"]).float().numpy()
-                bar.update(len(idx))
-        bar.close()
         return out
