@@ -33,7 +33,9 @@ def machine() -> str:
 
 def record(title: str, body: str) -> None:
     """Append one dated section (command, machine, results) to BENCHMARKS.md."""
-    cmd = "python " + " ".join([Path(sys.argv[0]).as_posix().split(str(ROOT) + "/")[-1], *sys.argv[1:]])
+    script = Path(sys.argv[0]).resolve()
+    rel = script.relative_to(ROOT).as_posix() if script.is_relative_to(ROOT) else script.as_posix()
+    cmd = "python " + " ".join([rel, *sys.argv[1:]]) + " (from the repository root)"
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = f"\n## {title}\n\n- date: {now}\n- command: `{cmd}`\n- machine: {machine()}\n\n{body.strip()}\n"
     if not BENCHMARKS_MD.exists():
