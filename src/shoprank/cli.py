@@ -140,14 +140,18 @@ def train(
     model: Annotated[str, typer.Option(help="model name, e.g. sasrec, als, bm25, lightgbm")],
     out: Annotated[Path, typer.Option(help="model directory to write")],
     param: Annotated[list[str] | None, typer.Option("--param", help="model setting key=value")] = None,
+    tuning: Annotated[str | None, typer.Option(help="LM tuning strategy: head | top_k | lora | full")] = None,
     split: Annotated[str, typer.Option(help="auto | predefined | time | leave_last_out")] = "auto",
 ) -> None:
-    """Train a model for a task and save it as a directory."""
+    """Train a model for a task and save it as a directory (with a model card, README.md)."""
     from shoprank.data.dataset import Dataset
     from shoprank.training.runner import train_model
 
+    params = _parse_kv(param, "--param")
+    if tuning is not None:
+        params["tuning"] = tuning
     ds = Dataset.load(data)
-    res = train_model(ds, task, model, params=_parse_kv(param, "--param"), split_how=split, out=out)
+    res = train_model(ds, task, model, params=params, split_how=split, out=out)
     console.print(f"trained {model} for {task} in {res.seconds:.1f}s -> {out}")
 
 
@@ -181,6 +185,10 @@ def evaluate(
     text = json.dumps(res, indent=2, default=_json_default)
     if json_out:
         json_out.write_text(text + "\n")
+    from shoprank.training.card import write_card
+
+    (model / f"metrics-{split}.json").write_text(text + "\n")
+    write_card(model)
     console.print_json(text)
 
 

@@ -80,6 +80,13 @@ def test_synth_train_evaluate_roundtrip(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
     assert res["task"] == "recommend" and 0.0 <= res["metrics"]["ndcg@10"] <= 1.0
+    card = (model / "README.md").read_text()
+    assert "# popularity for recommend" in card and "| ndcg@10 |" in card and "- torch " in card
+    cfg = json.loads((model / "config.json").read_text())
+    assert cfg["versions"]["shoprank"] and cfg["params"] == {"half_life_days": None}
+    typo = run("train", "--data", str(ds), "--task", "recommend", "--model", "als", "--param", "factorz=8",
+               "--out", str(tmp_path / "y"))
+    assert typo.returncode == 2 and "factorz" in typo.stderr and "factors" in typo.stderr
     bad = run("train", "--data", str(ds), "--task", "search", "--model", "popularity", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "does not support task 'search'" in bad.stderr
 

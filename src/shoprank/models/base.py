@@ -159,7 +159,10 @@ class Ranker:
         self._check_fitted()
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
-        cfg = self.get_config() | {"shoprank_version": __version__, "n_items": self.n_items_}
+        from shoprank.training.card import library_versions
+
+        cfg = self.get_config() | {"shoprank_version": __version__, "n_items": self.n_items_,
+                                   "versions": library_versions()}
         (p / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
         self._save_state(p)
         return p

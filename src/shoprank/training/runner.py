@@ -12,6 +12,7 @@ from shoprank.data.dataset import Dataset
 from shoprank.data.splits import DataSplit, split_dataset
 from shoprank.errors import ShoprankError
 from shoprank.models.base import Ranker, get_model_class
+from shoprank.training.card import write_card
 
 TRAINING_FILE = "training.json"
 
@@ -37,7 +38,13 @@ def train_model(
     if task not in cls.tasks:
         raise ShoprankError(f"model {model_name!r} does not support task {task!r}; it supports {sorted(cls.tasks)}")
     sp = split if split is not None else split_dataset(data, split_how)
-    model = cls(**(params or {}))
+    try:
+        model = cls(**(params or {}))
+    except TypeError as e:  # an unknown keyword: say which settings exist
+        import inspect
+
+        known = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params")]
+        raise ShoprankError(f"model {model_name!r}: {e}; its settings: {known or 'see its docs'}") from None
     t0 = time.perf_counter()
     model.fit(sp.train, sp.valid)
     secs = time.perf_counter() - t0
@@ -50,8 +57,10 @@ def train_model(
             "split": sp.kind,
             "split_sizes": sp.summary(),
             "fit_seconds": round(secs, 3),
+            "data_summary": data.describe(),
         }
-        (Path(out) / TRAINING_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        (Path(out) / TRAINING_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
+        write_card(Path(out))
     return TrainResult(model, sp, secs)
 
 
