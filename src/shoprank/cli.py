@@ -179,6 +179,11 @@ def evaluate(
         raise ShoprankError(f"{model}: no training.json; pass --task")
     m = load_model(model)
     ds = Dataset.load(data)
+    want = info.get("catalog_hash")
+    if want and want != ds.catalog_hash():
+        raise ShoprankError(
+            f"{model} was trained on another catalog ({info.get('dataset')}); its item ids do not match {data}"
+        )
     sp = split_dataset(ds, info.get("split", "auto") if info.get("split") in ("predefined", "time", "leave_last_out") else "auto")
     res = evaluate_model(m, sp, task, which=split, n_bootstrap=bootstrap)
     res = {"model": str(model), "data": str(data), "task": task, "split": split, **res}

@@ -79,7 +79,16 @@ def test_synth_train_evaluate_roundtrip(tmp_path: Path) -> None:
     r = run("evaluate", "--model", str(model), "--data", str(ds), "--json", str(out), "--bootstrap", "50")
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
-    assert res["task"] == "recommend" and 0.0 <= res["metrics"]["ndcg@10"] <= 1.0
+    assert res["task"] == "recommend" and res["n"] > 10
+    rnd = tmp_path / "rnd"
+    assert run("train", "--data", str(ds), "--task", "recommend", "--model", "random", "--out", str(rnd)).returncode == 0
+    r = run("evaluate", "--model", str(rnd), "--data", str(ds), "--json", str(tmp_path / "r.json"), "--bootstrap", "50")
+    chance = json.loads((tmp_path / "r.json").read_text())["metrics"]["ndcg@10"]
+    assert res["metrics"]["ndcg@10"] > 2 * chance  # the shop has real popularity structure
+    other = tmp_path / "other"
+    assert run("data", "synth", "--out", str(other), "--preset", "tiny", "--set", "n_items=150").returncode == 0
+    bad = run("evaluate", "--model", str(model), "--data", str(other))
+    assert bad.returncode == 2 and "another catalog" in bad.stderr
     card = (model / "README.md").read_text()
     assert "# popularity for recommend" in card and "| ndcg@10 |" in card and "- torch " in card
     cfg = json.loads((model / "config.json").read_text())

@@ -105,6 +105,14 @@ class Dataset:
         f = self.interactions if frame is None else frame
         return self.item_map.to_internal(f[Col.ITEM_ID])
 
+    def catalog_hash(self) -> str:
+        """Identity of the item id order: models address items by internal id, so a saved
+        model is only valid on a catalog with the same hash."""
+        import hashlib
+
+        h = hashlib.sha1("\x00".join(self.item_map.external.tolist()).encode("utf-8", "surrogatepass"))
+        return h.hexdigest()[:16]
+
     def with_tables(self, **tables: Any) -> Dataset:
         """Same catalog (and so the same item ids), other interactions/judgments."""
         new = replace(self, **tables)

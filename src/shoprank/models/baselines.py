@@ -33,6 +33,7 @@ from shoprank.data.splits import (
     click_rows,
     histories_for,
     interaction_matrix,
+    item_popularity,
     positive_mask,
     trainable,
     user_sequences,
@@ -285,8 +286,7 @@ class TransitionRanker(Ranker):
             out = np.asarray(t.sum(axis=1)).ravel()
             t = sp.csr_matrix(sp.diags(np.where(out > 0, 1.0 / np.maximum(out, 1e-12), 0.0)) @ t)
         self.trans_ = t.astype(np.float32)
-        inter = train.interactions[positive_mask(train.interactions)]
-        pop = np.bincount(train.item_map.to_internal(inter[Col.ITEM_ID]), minlength=n)
+        pop = item_popularity(train)  # trainable rows only: context rows never teach
         self.pop_ = _normalised(pop)
         self.n_items_ = n
         self.fitted_ = True

@@ -58,6 +58,7 @@ def train_model(
             "split_sizes": sp.summary(),
             "fit_seconds": round(secs, 3),
             "data_summary": data.describe(),
+            "catalog_hash": data.catalog_hash(),
         }
         (Path(out) / TRAINING_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
         write_card(Path(out))
