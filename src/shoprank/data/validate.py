@@ -191,14 +191,15 @@ def validate_table(
     out = pd.DataFrame(index=df.index)
     for c in spec.columns:
         s = df[c.name]
-        isnull = s.isna().astype(bool) if s.dtype != object else _blank(s)
+        if c.kind == STR and _utf8_clean(s):
+            # fast path, no bad bytes anywhere in the column: vectorised string ops
+            st = s.astype("string").str.strip()
+            isnull = (st.isna() | (st == "")).fillna(True).astype(bool)
+            out[c.name] = st.astype(object).where(~isnull, None)
+        else:
+            isnull = s.isna().astype(bool) if s.dtype != object else _blank(s)
         if c.kind == STR:
-            if _utf8_clean(s):
-                # fast path, no bad bytes anywhere in the column: vectorised string ops
-                st = s.astype("string").str.strip()
-                isnull = (st.isna() | (st == "")).fillna(True).astype(bool)
-                out[c.name] = st.astype(object).where(~isnull, None)
-            else:
+            if c.name not in out.columns:  # slow path: a cell carries undecodable bytes
                 problems.append((_has_bad_utf8(s), c.name, "invalid UTF-8 bytes"))
                 out[c.name] = _omap(s, _text).where(~isnull, None)
         elif c.kind == FLOAT:

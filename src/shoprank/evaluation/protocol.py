@@ -127,13 +127,13 @@ def evaluate_model(
         # judged products in a seeded random order, so that score ties are not broken by the
         # order of the judgments file (which may follow product ids or grades)
         rng = np.random.default_rng(0)
-        groups = [g.get_group(q) for q in queries]
-        groups = [x.iloc[rng.permutation(len(x))] for x in groups]
-        cands = [imap.to_internal(x[Col.ITEM_ID]) for x in groups]
+        judged = [g.get_group(q) for q in queries]
+        judged = [x.iloc[rng.permutation(len(x))] for x in judged]
+        cands = [imap.to_internal(x[Col.ITEM_ID]) for x in judged]
         # a dataset whose lowest grade means "irrelevant" (Home Depot: 1..3) says so in
         # meta["grade_min"]; gains start at zero there, so irrelevant results earn nothing
         gmin = float(split.context.meta.get("grade_min", 0.0))
-        grades = [x[Col.GRADE].to_numpy(dtype=np.float64) - gmin for x in groups]
+        grades = [x[Col.GRADE].to_numpy(dtype=np.float64) - gmin for x in judged]
         qscores = model.score_query_items([str(q) for q in queries], cands)
         res = evaluate_search(qscores, grades, ks=ks, n_bootstrap=n_bootstrap)
         res.pop("per_query", None)

@@ -13,12 +13,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
 import numpy as np
-import pandas as pd
 
 from shoprank import __version__
 from shoprank.data.dataset import Dataset
@@ -213,15 +212,4 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def users_from_frame(ds: Dataset, frame: pd.DataFrame, history_col: str = "history") -> UserBatch:
-    """Build a UserBatch from a frame with user_id and a list-of-internal-ids history column."""
-    return UserBatch(
-        user_ids=frame["user_id"].astype(str).tolist(),
-        histories=[np.asarray(h, dtype=np.int64) for h in frame[history_col]],
-        labels=[np.asarray(x, dtype=np.float32) for x in frame["history_labels"]]
-        if "history_labels" in frame.columns
-        else None,
-    )
-
-
-__all__ = ["Ranker", "UserBatch", "field", "load_model", "register", "top_k", "users_from_frame"]
+__all__ = ["Ranker", "UserBatch", "load_model", "register", "top_k"]
