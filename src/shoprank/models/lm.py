@@ -22,8 +22,10 @@ kept, so a run never ends worse (on validation) than the frozen encoder.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +50,14 @@ from shoprank.data.splits import (
 from shoprank.errors import ShoprankError
 from shoprank.evaluation.ranking import search_report
 from shoprank.models.base import Ranker, UserBatch, register, top_k
+from shoprank.models.engine import (
+    Checkpointer,
+    Distributed,
+    MetricLogger,
+    backward_with_fgm,
+    rng_state,
+    set_rng_state,
+)
 from shoprank.models.tuning import (
     TextTower,
     Tuning,
@@ -56,7 +66,7 @@ from shoprank.models.tuning import (
     load_backbone,
     tuning_name,
 )
-from shoprank.text.render import render_items, render_query
+from shoprank.text.render import render_items, render_query, shuffle_fields
 
 WEIGHTS_FILE = "trainable.safetensors"
 EMB_FILE = "item_embeddings.npy"
@@ -94,6 +104,15 @@ DEFAULTS: dict[str, Any] = {
     "device": "cpu",
     "num_threads": None,
     "verbose": True,
+    # overfitting controls beyond weight decay, dropout and early stopping
+    "token_dropout": 0.0,  # share of tokens masked out of each training text (augmentation)
+    "field_shuffle": 0.0,  # probability that a training item text has its fields shuffled
+    "fgm_epsilon": 0.0,  # FGM adversarial training: perturbation norm (0: off)
+    # training engine
+    "checkpoint_dir": None,  # save the full training state here after every epoch
+    "checkpoint_steps": 0,  # ... and every this many optimiser steps (0: epochs only)
+    "resume": True,  # continue from checkpoint_dir's checkpoint when one exists
+    "log_dir": None,  # TensorBoard event files (loss, lr, validation NDCG@10)
 }
 
 
@@ -135,6 +154,47 @@ class _SearchValid:
     queries: list[str]
     cands: list[np.ndarray]
     grades: list[np.ndarray]
+
+
+class _ShuffledTexts:
+    """Item texts where each item's fields are shuffled with probability `p` (augmentation);
+    one draw per item per batch, so a second (FGM) pass sees the same texts."""
+
+    def __init__(self, texts: list[str], p: float, rnd: random.Random) -> None:
+        self.texts, self.p, self.rnd = texts, p, rnd
+        self._drawn: dict[int, str] = {}
+
+    def __getitem__(self, i: int) -> str:
+        if i not in self._drawn:
+            t = self.texts[i]
+            self._drawn[i] = shuffle_fields(t, self.rnd) if self.rnd.random() < self.p else t
+        return self._drawn[i]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class _Run:
+    """Everything one training run threads through its epochs (and its checkpoints)."""
+
+    tower: TextTower
+    strategy: Tuning
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    params: list[torch.nn.Parameter]
+    rng: np.random.Generator
+    ddp: Distributed
+    ckpt: Checkpointer
+    log: MetricLogger
+    item_texts: list[str]
+    pairs: Pairs
+    hard: np.ndarray | None
+    pop: np.ndarray | None
+    global_step: int = 0
+    best: float = -1.0
+    bad: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
 
 
 def history_text(titles: Sequence[str], history: np.ndarray, sep: str = " ; ") -> str:
@@ -182,10 +242,11 @@ class LMRanker(Ranker):
         lr = self.params["lr"]
         return float(self.strategy.default_lr if lr is None else lr)
 
-    def _build(self) -> TextTower:
+    def _build(self, total_steps: int | None = None) -> TextTower:
         p = self.params
         backbone, tok = load_backbone(p["encoder"], dropout=p["dropout"])
-        tower = self.strategy.build(backbone, tok, max_length=int(p["max_length"]), pooling=p["pooling"])
+        tower = self.strategy.build(backbone, tok, max_length=int(p["max_length"]), pooling=p["pooling"],
+                                    total_steps=total_steps)
         return tower.to(torch.device(p["device"]))
 
     @property
@@ -274,6 +335,7 @@ class LMRanker(Ranker):
         seed = int(p["seed"])
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
+        ddp = Distributed.from_env()
         self.n_items_ = train.n_items
         self.titles_ = render_items(train.items, fields=(Col.TITLE,))
         item_texts = render_items(train.items, max_description_chars=int(p["max_description_chars"]))
@@ -285,7 +347,13 @@ class LMRanker(Ranker):
             pairs = pairs.subset(np.sort(rng.choice(len(pairs), int(p["max_train_pairs"]), replace=False)))
         self._target_counts = np.bincount(pairs.item, minlength=self.n_items_).astype(np.float64)
 
-        tower = self.tower_ = self._build()
+        bs, accum, epochs = int(p["batch_size"]), max(1, int(p["grad_accum"])), int(p["epochs"])
+        n_batches = math.ceil(len(pairs) / bs) // ddp.world_size if ddp.enabled else math.ceil(len(pairs) / bs)
+        steps_per_epoch = math.ceil(max(1, n_batches) / accum)
+        total = max(1, steps_per_epoch * epochs)
+        strategy = self.strategy
+        tower = self.tower_ = self._build(total_steps=total)
+        tower.token_dropout = float(p["token_dropout"])
         self.n_trainable_ = tower.n_trainable()
         tower.set_caching(True)
         self.fitted_ = True  # scoring is used for validation below
@@ -298,41 +366,61 @@ class LMRanker(Ranker):
 
         params = [x for x in tower.parameters() if x.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=float(p["weight_decay"]))
-        bs, accum, epochs = int(p["batch_size"]), max(1, int(p["grad_accum"])), int(p["epochs"])
-        steps_per_epoch = math.ceil(math.ceil(len(pairs) / bs) / accum)
-        total = max(1, steps_per_epoch * epochs)
         warm = int(float(p["warmup_ratio"]) * total)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: (s + 1) / (warm + 1) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+        ckpt = Checkpointer(p["checkpoint_dir"], every_steps=int(p["checkpoint_steps"]), enabled=ddp.is_main)
+        log = MetricLogger(p["log_dir"], enabled=ddp.is_main)
+        run = _Run(tower=tower, strategy=strategy, opt=opt, sched=sched, params=params, rng=rng, ddp=ddp,
+                   ckpt=ckpt, log=log, item_texts=item_texts, pairs=pairs, hard=hard, pop=pop)
 
         self.history_ = []
-        best, bad, best_state = -1.0, 0, None
-        if has_valid:
-            best = self._validate(rec_v, srch_v)
-            self.history_.append({"epoch": 0, "valid_ndcg10": best})
-            if math.isfinite(best):
-                best_state, self.best_epoch_ = tower.trainable_state(), 0
+        start_epoch, start_step, resume_state = 1, 0, None
+        ck = Checkpointer(p["checkpoint_dir"]).load() if p["checkpoint_dir"] and p["resume"] else None
+        if ck is not None:
+            self._restore(run, ck)
+            start_epoch, start_step = int(ck["epoch"]), int(ck["step"])
+            resume_state = ck if start_step > 0 else None
+            if start_step == 0:
+                start_epoch += 1
+            if p["verbose"] and ddp.is_main:
+                tqdm.write(f"lm[{p['tuning']}] resumed from {ckpt.path or p['checkpoint_dir']} at epoch "
+                           f"{start_epoch}, step {start_step}")
+        elif has_valid:
+            run.best = self._validate(rec_v, srch_v)
+            self.history_.append({"epoch": 0, "valid_ndcg10": run.best})
+            log.scalars({"valid_ndcg10": run.best}, 0, "epoch/")
+            if math.isfinite(run.best):
+                run.best_state, self.best_epoch_ = tower.trainable_state(), 0
             else:  # nothing measurable (e.g. no positive grade): train without early stopping
-                has_valid, best = False, -1.0
-        for epoch in range(1, epochs + 1):
-            rec = self._train_epoch(tower, pairs, item_texts, opt, sched, params, rng, epoch, hard, pop)
+                has_valid, run.best = False, -1.0
+        if ck is not None and not math.isfinite(run.best):
+            has_valid = False
+        stopped = ck is not None and bool(ck.get("stopped"))
+        for epoch in range(start_epoch, epochs + 1):
+            if stopped:
+                break
+            rec = self._train_epoch(run, epoch, start_step if epoch == start_epoch else 0,
+                                    resume_state if epoch == start_epoch else None)
             if has_valid:
                 self._embed_catalog(item_texts)
                 ndcg = self._validate(rec_v, srch_v)
                 rec["valid_ndcg10"] = ndcg
-                if ndcg > best:
-                    best, bad, self.best_epoch_ = ndcg, 0, epoch
-                    best_state = tower.trainable_state()
+                if ndcg > run.best:
+                    run.best, run.bad, self.best_epoch_ = ndcg, 0, epoch
+                    run.best_state = tower.trainable_state()
                 else:
-                    bad += 1
+                    run.bad += 1
             self.history_.append(rec)
-            if p["verbose"]:
+            log.scalars({k: v for k, v in rec.items() if k != "epoch"}, epoch, "epoch/")
+            if p["verbose"] and ddp.is_main:
                 tqdm.write(f"lm[{p['tuning']}] epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in rec.items() if k != "epoch"))
-            if has_valid and bad >= int(p["patience"]):
-                break
-        if best_state is not None:
-            tower.load_trainable_state(best_state)
-            self.best_valid_ndcg_ = best
+            stopped = has_valid and run.bad >= int(p["patience"])
+            ckpt.save(self._checkpoint(run, epoch, 0, stopped=stopped))
+        log.close()
+        if run.best_state is not None:
+            tower.load_trainable_state(run.best_state)
+            self.best_valid_ndcg_ = run.best
         else:
             self.best_epoch_ = epochs
         self._embed_catalog(item_texts)
@@ -340,41 +428,86 @@ class LMRanker(Ranker):
         tower.clear_cache()
         tower.eval()
 
-    def _train_epoch(
-        self, tower: TextTower, pairs: Pairs, item_texts: list[str], opt: torch.optim.Optimizer,
-        sched: torch.optim.lr_scheduler.LRScheduler, params: list[torch.nn.Parameter],
-        rng: np.random.Generator, epoch: int, hard: np.ndarray | None, pop: np.ndarray | None,
-    ) -> dict[str, float]:
+    def _checkpoint(self, run: _Run, epoch: int, step: int, *, stopped: bool = False,
+                    epoch_rng: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "epoch": epoch, "step": step, "stopped": stopped, "global_step": run.global_step,
+            "trainable": run.tower.trainable_state(), "optimizer": run.opt.state_dict(),
+            "scheduler": run.sched.state_dict(), "rng": rng_state(run.rng), "epoch_rng": epoch_rng,
+            "history": list(self.history_), "best": run.best, "bad": run.bad, "best_state": run.best_state,
+            "best_epoch": self.best_epoch_, "params": {k: v for k, v in self.params.items() if k != "tuning_config"},
+        }
+
+    def _restore(self, run: _Run, ck: dict[str, Any]) -> None:
+        keep = ("tuning", "encoder", "batch_size", "grad_accum", "epochs", "seed", "max_train_pairs")
+        old = ck.get("params", {})
+        diff = {k: (old.get(k), self.params[k]) for k in keep if k in old and old.get(k) != self.params[k]}
+        if diff:
+            raise ShoprankError(f"checkpoint in {self.params['checkpoint_dir']} was written with other settings "
+                                f"{diff}; delete it or pass resume=False")
+        run.tower.load_trainable_state(ck["trainable"])
+        run.opt.load_state_dict(ck["optimizer"])
+        run.sched.load_state_dict(ck["scheduler"])
+        set_rng_state(run.rng, ck["rng"])
+        run.global_step = int(ck["global_step"])
+        run.best, run.bad, run.best_state = float(ck["best"]), int(ck["bad"]), ck["best_state"]
+        self.history_ = list(ck["history"])
+        self.best_epoch_ = int(ck["best_epoch"])
+
+    def _train_epoch(self, run: _Run, epoch: int, start_step: int = 0,
+                     resume: dict[str, Any] | None = None) -> dict[str, float]:
         p = self.params
+        tower, pairs, rng = run.tower, run.pairs, run.rng
         bs, accum, n_neg = int(p["batch_size"]), max(1, int(p["grad_accum"])), int(p["n_negatives"])
-        negs = self._negatives(pairs, rng, epoch, hard, pop) if n_neg else None
-        tower.train()
+        if resume is not None:  # replay this epoch's draws, then continue where the kill hit
+            rng.bit_generator.state = resume["epoch_rng"]
+        epoch_rng = dict(rng.bit_generator.state)
+        negs = self._negatives(pairs, rng, epoch, run.hard, run.pop) if n_neg else None
         order = rng.permutation(len(pairs))
-        starts = list(range(0, len(order), bs))
-        bar = tqdm(total=len(order), desc=f"lm[{p['tuning']}] ep{epoch}", unit="pair", disable=not p["verbose"], leave=False)
-        loss_sum, t0 = 0.0, time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        for step, s in enumerate(starts):
-            idx = order[s : s + bs]
-            loss = self._batch_loss(tower, pairs, idx, item_texts, None if negs is None else negs[idx])
-            (loss / accum).backward()
-            if (step + 1) % accum == 0 or step == len(starts) - 1:
+        batches = run.ddp.shard([order[s : s + bs] for s in range(0, len(order), bs)])
+        if resume is not None:
+            set_rng_state(rng, resume["rng"])
+        tower.train()
+        n_rows = sum(len(b) for b in batches)
+        bar = tqdm(total=n_rows, desc=f"lm[{p['tuning']}] ep{epoch}", unit="pair",
+                   disable=not (p["verbose"] and run.ddp.is_main), leave=False)
+        bar.update(sum(len(b) for b in batches[:start_step]))
+        loss_sum, done, t0 = 0.0, 0, time.perf_counter()
+        fgm, shuffle = float(p["fgm_epsilon"]), float(p["field_shuffle"])
+        run.opt.zero_grad(set_to_none=True)
+        for step in range(start_step, len(batches)):
+            idx = batches[step]
+            texts: Any = run.item_texts
+            if shuffle > 0:
+                texts = _ShuffledTexts(run.item_texts, shuffle, random.Random(int(rng.integers(2**31))))
+            batch_negs = None if negs is None else negs[idx]
+            loss = backward_with_fgm(tower, functools.partial(self._batch_loss, tower, pairs, idx, texts, batch_negs),
+                                     epsilon=fgm, scale=1.0 / accum)
+            if (step + 1) % accum == 0 or step == len(batches) - 1:
+                run.ddp.average_gradients(run.params)
                 if p["max_grad_norm"]:
-                    torch.nn.utils.clip_grad_norm_(params, float(p["max_grad_norm"]))
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
+                    torch.nn.utils.clip_grad_norm_(run.params, float(p["max_grad_norm"]))
+                run.opt.step()
+                run.sched.step()
+                run.strategy.after_step(tower, run.global_step)
+                run.opt.zero_grad(set_to_none=True)
+                run.log.scalars({"loss": float(loss.item()), "lr": float(run.sched.get_last_lr()[0])},
+                                run.global_step, "train/")
+                run.global_step += 1
+                if run.ckpt.every_steps and run.global_step % run.ckpt.every_steps == 0 and step + 1 < len(batches):
+                    run.ckpt.save(self._checkpoint(run, epoch, step + 1, epoch_rng=epoch_rng))
             loss_sum += float(loss.item()) * len(idx)
+            done += len(idx)
             bar.update(len(idx))
             bar.set_postfix(loss=f"{loss.item():.3f}")
         bar.close()
         secs = time.perf_counter() - t0
         tower.eval()
-        return {"epoch": epoch, "loss": loss_sum / max(1, len(pairs)), "seconds": secs,
-                "pairs_per_s": len(pairs) / max(secs, 1e-9)}
+        return {"epoch": epoch, "loss": loss_sum / max(1, done), "seconds": secs,
+                "pairs_per_s": done / max(secs, 1e-9)}
 
     def _batch_loss(
-        self, tower: TextTower, pairs: Pairs, idx: np.ndarray, item_texts: list[str], negs: np.ndarray | None
+        self, tower: TextTower, pairs: Pairs, idx: np.ndarray, item_texts: Any, negs: np.ndarray | None
     ) -> torch.Tensor:
         """Weighted InfoNCE over the batch's distinct targets (+ sampled negatives); a row's
         other known positives are masked out of its softmax."""

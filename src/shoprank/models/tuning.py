@@ -11,6 +11,10 @@ normalisation) and differs only in what trains:
   exact: the frozen part has no dropout and no gradient, so recomputing it would give the
   same numbers every time.
 - `lora`: peft LoRA adapters on the attention's query/value projections (+ projection).
+- `adalora`: peft AdaLoRA, LoRA whose rank budget is re-allocated across layers while
+  training (`after_step` calls peft's `update_and_allocate`).
+- `ia3`: peft (IA)^3, learnt rescaling vectors on keys, values and the feed-forward output.
+- `prefix`: peft prefix tuning, trainable virtual key/value tokens in every layer.
 - `full`: everything trains; the reference the cheaper strategies are measured against.
 
 The projection starts as the identity, so before any step every strategy reproduces the
@@ -36,8 +40,8 @@ from torch import nn
 from shoprank.errors import ShoprankError
 from shoprank.text.encoder import load_pretrained, pool
 
-# peft methods that fit this design but are not written yet (named in error messages)
-PLANNED = ("adalora", "ia3", "prefix")
+# strategies that fit this design but are not written yet (named in error messages)
+PLANNED: tuple[str, ...] = ()
 DROPOUT_ATTRS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
 
 
@@ -85,6 +89,37 @@ class LoraTuningConfig(TuningConfig):
     alpha: int = 16
     dropout: float = 0.05
     target_modules: tuple[str, ...] = ("query", "value")
+
+
+@dataclass
+class AdaLoraTuningConfig(TuningConfig):
+    """`adalora`: ranks start at `init_r` and are pruned to an average `target_r` between
+    `tinit` and total_steps - `tfinal` optimiser steps (total_steps comes from training)."""
+
+    init_r: int = 12
+    target_r: int = 4
+    alpha: int = 16
+    dropout: float = 0.05
+    tinit: int = 10
+    tfinal: int = 10
+    delta_t: int = 5
+    target_modules: tuple[str, ...] = ("query", "value")
+
+
+@dataclass
+class IA3TuningConfig(TuningConfig):
+    """`ia3`: rescaling vectors on `target_modules`; those in `feedforward_modules` scale
+    their input (the feed-forward output layer), the others their output."""
+
+    target_modules: tuple[str, ...] = ("key", "value", "output.dense")
+    feedforward_modules: tuple[str, ...] = ("output.dense",)
+
+
+@dataclass
+class PrefixTuningConfig(TuningConfig):
+    """`prefix`: `num_virtual_tokens` trainable key/value vectors prepended in every layer."""
+
+    num_virtual_tokens: int = 10
 
 
 @dataclass
@@ -175,6 +210,20 @@ class TextTower(nn.Module):
                 self.proj.bias.zero_()
         self._tokens: dict[str, list[int]] = {}
         self.memoise = False  # keep token ids per text (on while training; off when serving)
+        # augmentation: share of real tokens (not [CLS]/[SEP]) masked out while training
+        self.token_dropout = 0.0
+        # FGM adversarial training: "capture" marks the first trainable input of every call
+        # for gradients, "apply" adds the perturbations computed from those gradients
+        self._adv_mode: str | None = None
+        self._adv_inputs: list[torch.Tensor] = []
+        self._adv_deltas: list[torch.Tensor] = []
+        self._adv_i = 0
+        get_emb: Any = getattr(backbone, "get_input_embeddings", None)
+        emb = get_emb() if callable(get_emb) else None
+        self._adv_on_embeddings = True  # CachedTower perturbs its cached states instead
+        if isinstance(emb, nn.Module):
+            emb.register_forward_hook(
+                lambda _m, _i, out: self.adversarial_point(out) if self._adv_mode and self._adv_on_embeddings else None)
 
     @property
     def hidden_size(self) -> int:
@@ -200,8 +249,9 @@ class TextTower(nn.Module):
             self._tokens.update(new)
         return [self._tokens[t] if t in self._tokens else new[t] for t in texts]
 
-    def batch(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded (input_ids, attention_mask) to the longest text of this batch."""
+    def batch(self, texts: Sequence[str], *, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded (input_ids, attention_mask) to the longest text of this batch
+        (token dropout applied when `augment` and training)."""
         ids = self.token_ids(texts)
         width = max((len(x) for x in ids), default=1)
         pad = int(self.tokenizer.pad_token_id or 0)
@@ -211,7 +261,56 @@ class TextTower(nn.Module):
             out[i, : len(x)] = x
             mask[i, : len(x)] = 1
         dev = self.device
-        return torch.from_numpy(out).to(dev), torch.from_numpy(mask).to(dev)
+        m = torch.from_numpy(mask)
+        m = self.drop_tokens(m) if augment else m
+        return torch.from_numpy(out).to(dev), m.to(dev)
+
+    def drop_tokens(self, mask: torch.Tensor) -> torch.Tensor:
+        """Token-dropout augmentation (training only): mask out a random share of each text's
+        tokens, never the first and last ([CLS], [SEP]) nor the word of a one-word text. Shapes do
+        not change, so it composes with cached states and FGM."""
+        p = float(self.token_dropout)
+        if not self.training or p <= 0:
+            return mask
+        lengths = mask.sum(1, keepdim=True)
+        pos = torch.arange(mask.shape[1]).unsqueeze(0)
+        inner = (pos > 0) & (pos < lengths - 1) & (lengths > 3)  # one-word texts stay whole
+        drop = inner & (torch.rand(mask.shape) < p)
+        return mask.masked_fill(drop.to(mask.device), 0)
+
+    # -- adversarial training (FGM) -----------------------------------------------------
+    def adversarial_point(self, x: torch.Tensor) -> torch.Tensor:
+        """Where FGM perturbs: the input of the trainable part (word embeddings, or the
+        cached states entering the top layers)."""
+        if self._adv_mode == "capture":
+            if x.requires_grad:
+                x.retain_grad()
+            else:
+                x.requires_grad_(True)
+            self._adv_inputs.append(x)
+        elif self._adv_mode == "apply":
+            x = x + self._adv_deltas[self._adv_i].to(x.dtype)
+            self._adv_i += 1
+        return x
+
+    def adversarial_capture(self) -> None:
+        self._adv_mode, self._adv_inputs, self._adv_i = "capture", [], 0
+
+    def adversarial_apply(self, epsilon: float) -> bool:
+        """Switch to perturbed forwards: delta = epsilon * g / ||g|| per captured input
+        (Miyato et al. 2017). False when no gradient reached the inputs."""
+        deltas = []
+        for x in self._adv_inputs:
+            g = x.grad
+            if g is None:
+                deltas.append(torch.zeros_like(x).detach())
+                continue
+            deltas.append((float(epsilon) * g / g.norm().clamp(min=1e-12)).detach())
+        self._adv_mode, self._adv_deltas, self._adv_i, self._adv_inputs = "apply", deltas, 0, []
+        return any(bool(d.abs().sum() > 0) for d in deltas)
+
+    def adversarial_off(self) -> None:
+        self._adv_mode, self._adv_inputs, self._adv_deltas, self._adv_i = None, [], [], 0
 
     # -- forward -----------------------------------------------------------------------
     def hidden_states(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -313,6 +412,7 @@ class CachedTower(TextTower):
         for layer in self.top_layers:
             for p in layer.parameters():
                 p.requires_grad_(True)
+        self._adv_on_embeddings = False
         self.use_cache = bool(cache)
         self.caching = False
         self.set_caching(cache)
@@ -354,7 +454,7 @@ class CachedTower(TextTower):
     @torch.no_grad()
     def _bottom(self, texts: Sequence[str]) -> list[torch.Tensor]:
         """Frozen-bottom outputs per text: (length, hidden) states, or (hidden,) when k=0."""
-        ids, mask = self.batch(texts)
+        ids, mask = self.batch(texts, augment=False)  # the cache holds un-augmented states
         bb: Any = self.backbone
         h = _run_layers(bb, self.lower_layers, bb.embeddings(input_ids=ids), mask)
         self.n_lower_forwards += len(texts)
@@ -384,14 +484,17 @@ class CachedTower(TextTower):
         """Pooled vectors after running the top k layers on re-padded cached states."""
         dev = self.device
         if self.k == 0:
-            return torch.stack(list(states)).to(dev)
+            x = torch.stack(list(states)).to(dev)
+            return self.adversarial_point(x) if self._adv_mode else x
         width = max(int(s.shape[0]) for s in states)
         h = torch.zeros(len(states), width, states[0].shape[1], dtype=states[0].dtype)
         mask = torch.zeros(len(states), width, dtype=torch.int64)
         for i, s in enumerate(states):
             h[i, : s.shape[0]] = s
             mask[i, : s.shape[0]] = 1
-        h, mask = h.to(dev), mask.to(dev)
+        h, mask = h.to(dev), self.drop_tokens(mask).to(dev)
+        if self._adv_mode:
+            h = self.adversarial_point(h)
         return pool(_run_layers(self.backbone, self.top_layers, h, mask), mask, self.pooling, normalize=False)
 
     def pooled(self, texts: Sequence[str]) -> torch.Tensor:
@@ -418,8 +521,15 @@ class Tuning(ABC):
             raise ShoprankError(f"tuning {self.name!r} takes a {self.config_cls.__name__}, got {type(self.config).__name__}")
 
     @abstractmethod
-    def build(self, backbone: nn.Module, tokenizer: Any, *, max_length: int, pooling: str = "mean") -> TextTower:
-        """Freeze/wrap `backbone` and return the tower; only what should train has requires_grad."""
+    def build(self, backbone: nn.Module, tokenizer: Any, *, max_length: int, pooling: str = "mean",
+              total_steps: int | None = None) -> TextTower:
+        """Freeze/wrap `backbone` and return the tower; only what should train has requires_grad.
+
+        total_steps: optimiser steps the run will take (schedules such as AdaLoRA's need it).
+        """
+
+    def after_step(self, tower: TextTower, step: int) -> None:  # noqa: B027 (optional hook)
+        """Called after every optimiser step (0-based `step`); most strategies do nothing."""
 
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
@@ -480,7 +590,8 @@ class HeadTuning(Tuning):
     config_cls = HeadConfig
     default_lr = 1e-3
 
-    def build(self, backbone: nn.Module, tokenizer: Any, *, max_length: int, pooling: str = "mean") -> TextTower:
+    def build(self, backbone: nn.Module, tokenizer: Any, *, max_length: int, pooling: str = "mean",
+              total_steps: int | None = None) -> TextTower:
         cfg = self.config
         assert isinstance(cfg, HeadConfig)
         if not cfg.projection:
@@ -496,7 +607,8 @@ class TopKTuning(Tuning):
     config_cls = TopKConfig
     default_lr = 1e-4
 
-    def build(self, backbone: nn.Module, tokenizer: Any, *, max_length: int, pooling: str = "mean") -> TextTower:
+    def build(self, backbone: nn.Module, tokenizer: Any, *, max_length: int, pooling: str = "mean",
+              total_steps: int | None = None) -> TextTower:
         cfg = self.config
         assert isinstance(cfg, TopKConfig)
         return CachedTower(backbone, tokenizer, cfg, k=cfg.k, cache=cfg.cache, cache_max_mb=cfg.cache_max_mb,
@@ -512,17 +624,19 @@ class PeftTuning(Tuning):
     """
 
     @abstractmethod
-    def peft_config(self) -> Any:
+    def peft_config(self, total_steps: int | None = None) -> Any:
         """The peft config object (task type FEATURE_EXTRACTION)."""
 
-    def build(self, backbone: nn.Module, tokenizer: Any, *, max_length: int, pooling: str = "mean") -> TextTower:
+    def build(self, backbone: nn.Module, tokenizer: Any, *, max_length: int, pooling: str = "mean",
+              total_steps: int | None = None) -> TextTower:
         from peft import get_peft_model
 
         for p in backbone.parameters():
             p.requires_grad_(False)
         with warnings.catch_warnings():  # peft calls a transformers method deprecated in v5
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            wrapped = get_peft_model(backbone, self.peft_config())
+            warnings.filterwarnings("ignore", message=".*deprecated.*", category=FutureWarning)
+            wrapped = get_peft_model(backbone, self.peft_config(total_steps))
         return TextTower(wrapped, tokenizer, self.config, max_length=max_length, pooling=pooling)
 
 
@@ -533,13 +647,72 @@ class LoraTuning(PeftTuning):
     config_cls = LoraTuningConfig
     default_lr = 5e-4
 
-    def peft_config(self) -> Any:
+    def peft_config(self, total_steps: int | None = None) -> Any:
         from peft import LoraConfig, TaskType
 
         cfg = self.config
         assert isinstance(cfg, LoraTuningConfig)
         return LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=cfg.r, lora_alpha=int(cfg.alpha),
                           lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules), bias="none")
+
+
+@register_tuning("adalora")
+class AdaLoraTuning(PeftTuning):
+    """AdaLoRA (Zhang et al. 2023): SVD-shaped adapters whose ranks move to the layers that
+    matter; the rank allocator runs after every optimiser step."""
+
+    config_cls = AdaLoraTuningConfig
+    default_lr = 5e-4
+
+    def peft_config(self, total_steps: int | None = None) -> Any:
+        from peft import AdaLoraConfig, TaskType
+
+        cfg = self.config
+        assert isinstance(cfg, AdaLoraTuningConfig)
+        # the schedule needs tinit + tfinal < total_step; short runs shrink both
+        total = max(int(total_steps or 100), 3)
+        tinit, tfinal = min(cfg.tinit, total // 3), min(cfg.tfinal, total // 3)
+        return AdaLoraConfig(task_type=TaskType.FEATURE_EXTRACTION, init_r=cfg.init_r, target_r=cfg.target_r,
+                             lora_alpha=int(cfg.alpha), lora_dropout=cfg.dropout,
+                             target_modules=list(cfg.target_modules), total_step=total,
+                             tinit=tinit, tfinal=tfinal, deltaT=max(1, cfg.delta_t))
+
+    def after_step(self, tower: TextTower, step: int) -> None:
+        model: Any = tower.backbone
+        model.base_model.update_and_allocate(int(step))
+
+
+@register_tuning("ia3")
+class IA3Tuning(PeftTuning):
+    """(IA)^3 (Liu et al. 2022): the fewest trainable weights of any strategy here."""
+
+    config_cls = IA3TuningConfig
+    default_lr = 3e-3
+
+    def peft_config(self, total_steps: int | None = None) -> Any:
+        from peft import IA3Config, TaskType
+
+        cfg = self.config
+        assert isinstance(cfg, IA3TuningConfig)
+        return IA3Config(task_type=TaskType.FEATURE_EXTRACTION, target_modules=list(cfg.target_modules),
+                         feedforward_modules=list(cfg.feedforward_modules))
+
+
+@register_tuning("prefix")
+class PrefixTuning(PeftTuning):
+    """Prefix tuning (Li and Liang 2021): virtual key/value tokens; the text's own token
+    states are what gets pooled, so the output shape does not change."""
+
+    config_cls = PrefixTuningConfig
+    default_lr = 3e-3
+
+    def peft_config(self, total_steps: int | None = None) -> Any:
+        from peft import PrefixTuningConfig as PeftPrefixConfig
+        from peft import TaskType
+
+        cfg = self.config
+        assert isinstance(cfg, PrefixTuningConfig)
+        return PeftPrefixConfig(task_type=TaskType.FEATURE_EXTRACTION, num_virtual_tokens=cfg.num_virtual_tokens)
 
 
 @register_tuning("full")
@@ -549,7 +722,8 @@ class FullTuning(Tuning):
     config_cls = FullConfig
     default_lr = 3e-5
 
-    def build(self, backbone: nn.Module, tokenizer: Any, *, max_length: int, pooling: str = "mean") -> TextTower:
+    def build(self, backbone: nn.Module, tokenizer: Any, *, max_length: int, pooling: str = "mean",
+              total_steps: int | None = None) -> TextTower:
         for p in backbone.parameters():
             p.requires_grad_(True)
         return TextTower(backbone, tokenizer, self.config, max_length=max_length, pooling=pooling)
@@ -558,11 +732,14 @@ class FullTuning(Tuning):
 __all__ = [
     "PLANNED",
     "TUNING_REGISTRY",
+    "AdaLoraTuningConfig",
     "CachedTower",
     "FullConfig",
     "HeadConfig",
+    "IA3TuningConfig",
     "LoraTuningConfig",
     "PeftTuning",
+    "PrefixTuningConfig",
     "TextTower",
     "TopKConfig",
     "Tuning",

@@ -7,6 +7,7 @@ item; long descriptions are cut so titles and brands are never truncated away.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 
 import pandas as pd
@@ -14,6 +15,7 @@ import pandas as pd
 from shoprank.data.schema import Col
 
 DEFAULT_FIELDS = (Col.TITLE, Col.BRAND, Col.CATEGORY, Col.PRICE, Col.DESCRIPTION)
+FIELD_SEP = " | "
 
 
 def _clean(v: object) -> str:
@@ -43,9 +45,24 @@ def render_items(
                 s = s[:max_description_chars]
             if s:
                 parts.append(s if c == Col.TITLE else f"{c}: {s}")
-        out.append(" | ".join(parts))
+        out.append(FIELD_SEP.join(parts))
     return out
 
 
 def render_query(q: str) -> str:
     return " ".join(str(q).split()).lower()
+
+
+
+def shuffle_fields(text: str, rng: random.Random) -> str:
+    """The same item text with its labelled fields in a random order (the title stays first).
+
+    A training-time augmentation: the model should not learn that, say, the price always
+    comes fourth.
+    """
+    parts = text.split(FIELD_SEP)
+    if len(parts) <= 2:
+        return text
+    rest = parts[1:]
+    rng.shuffle(rest)
+    return FIELD_SEP.join([parts[0], *rest])
