@@ -78,7 +78,7 @@ def _import_builtin_models() -> None:
     # Importing registers them; kept lazy so `import shoprank` stays cheap.
     import importlib
 
-    for mod in ("baselines", "sasrec", "dense", "lm", "lmclick"):
+    for mod in ("baselines", "sasrec", "dense", "lm", "lmclick", "hybrid"):
         try:
             importlib.import_module(f"shoprank.models.{mod}")
         except ModuleNotFoundError as e:  # only our own module may be absent
