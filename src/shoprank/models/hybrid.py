@@ -211,7 +211,7 @@ class HybridRanker(Ranker):
                    names: list[str]) -> Any:
         import lightgbm as lgb
 
-        params = {"objective": "lambdarank", "learning_rate": 0.05, "num_leaves": 15, "min_data_in_leaf": 20,
+        params: dict[str, Any] = {"objective": "lambdarank", "learning_rate": 0.05, "num_leaves": 15, "min_data_in_leaf": 20,
                   "feature_fraction": 0.9, "lambdarank_truncation_level": 20, "verbosity": -1,
                   "seed": int(self.params["seed"]), "num_threads": 1, "deterministic": True}
         if gains is not None:
