@@ -62,10 +62,29 @@ def amazon() -> str:
             + md_table(rows, cols))
 
 
-def tallrec() -> str:
+def tallrec_split() -> tuple[DataSplit, Any]:
     ds = import_dataset("tallrec", [SHARED / "tallrec-movie", SHARED / "movielens-100k" / "ml-100k.item"])
     split = split_dataset(ds)
-    train_rows = click_rows(split.train)
+    return split, click_rows(split.train)
+
+
+def few_shot(split: DataSplit, train_rows: Any, shots: int, seed: int) -> DataSplit:
+    """k labelled train examples (+ k valid rows for early stopping); every other event stays
+    as context (`history`) so that each example keeps its user's history, as in TALLRec's prompts."""
+    pick = train_rows.sample(n=shots, random_state=seed)
+    inter = split.context.interactions.copy()
+    key = inter["user_id"].astype(str) + "\x00" + inter["item_id"].astype(str)
+    chosen = set(pick["user_id"].astype(str) + "\x00" + pick["item_id"].astype(str))
+    is_train = inter["split"].eq("train") & key.isin(chosen)
+    inter.loc[~is_train & inter["split"].isin(["train", "history"]), "split"] = "history"
+    inter = inter[inter["split"].isin(["train", "history"])]
+    va = split.valid.interactions.sample(n=shots, random_state=seed)
+    return DataSplit(split.train.with_tables(interactions=inter), split.valid.with_tables(interactions=va),
+                     split.test, split.context, split.kind)
+
+
+def tallrec() -> str:
+    split, train_rows = tallrec_split()
     rows = []
     models = [("random", {}), ("popularity", {}), ("itemknn", {}), ("als", {}), ("lightgbm", {}), ("sasrec", {}),
               ("dense", DENSE)]
@@ -74,21 +93,7 @@ def tallrec() -> str:
         for shots in (16, 64, 256, None):
             aucs = []
             for seed in (0, 1, 2) if shots else (0,):
-                sub = split
-                if shots:
-                    # k labelled examples; every other event stays as context (`history`)
-                    # so that each example keeps its user's history, as in TALLRec's prompts.
-                    pick = train_rows.sample(n=shots, random_state=seed)
-                    inter = split.context.interactions.copy()
-                    key = inter["user_id"].astype(str) + "\x00" + inter["item_id"].astype(str)
-                    chosen = set(pick["user_id"].astype(str) + "\x00" + pick["item_id"].astype(str))
-                    is_train = inter["split"].eq("train") & key.isin(chosen)
-                    inter.loc[~is_train & inter["split"].isin(["train", "history"]), "split"] = "history"
-                    inter = inter[inter["split"].isin(["train", "history"])]
-                    # early stopping sees as many labelled valid rows as there are shots
-                    va = split.valid.interactions.sample(n=shots, random_state=seed)
-                    sub = DataSplit(split.train.with_tables(interactions=inter),
-                                    split.valid.with_tables(interactions=va), split.test, split.context, split.kind)
+                sub = few_shot(split, train_rows, shots, seed) if shots else split
                 try:
                     aucs.append(fit_eval(sub, "click", name, params)["auc"] * 100)
                 except Exception as e:  # a model that cannot fit on 16 rows is reported, not hidden

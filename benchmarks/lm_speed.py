@@ -25,7 +25,8 @@ from shoprank.evaluation.protocol import evaluate_model
 from shoprank.models.base import get_model_class
 
 STRATEGIES: list[tuple[str, dict[str, Any]]] = [
-    ("full", {}), ("top_k", {"k": 2}), ("lora", {"r": 8}), ("head", {}),
+    ("full", {}), ("top_k", {"k": 2}), ("top_k", {"k": 1}), ("lora", {"r": 8}), ("adalora", {}), ("ia3", {}),
+    ("prefix", {}), ("head", {}),
 ]
 
 
@@ -36,9 +37,18 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300, help="held-out queries for quality")
     ap.add_argument("--no-record", action="store_true")
     a = ap.parse_args()
+    body = speed(a.pairs, a.epochs, a.queries)
+    print(body)
+    if not a.no_record:
+        record("LM fine-tuning speed per strategy (benchmarks/lm_speed.py)", body)
+
+
+def speed(pairs: int = 512, epochs: int = 2, queries: int = 300) -> str:
+    """The speed table: every strategy on the same pairs, one thread, `full` first."""
     import torch
 
     torch.set_num_threads(1)
+    a = argparse.Namespace(pairs=pairs, epochs=epochs, queries=queries)
     ds = import_dataset("homedepot", [SHARED / "homedepot-search" / "train.csv"])
     sp = split_dataset(ds)
     # a small catalog: the products judged for the sampled train and test queries
@@ -71,12 +81,9 @@ def main() -> None:
     full = rows[0]["pairs/s (last epoch)"]
     for r in rows:
         r["x full"] = round(r["pairs/s (last epoch)"] / full, 2)
-    body = (f"Fine-tuning speed on {a.pairs} homedepot search pairs, {len(items)} products, batch 32, 64 tokens, "
+    return (f"Fine-tuning speed on {a.pairs} homedepot search pairs, {len(items)} products, batch 32, 64 tokens, "
             f"{a.epochs} epochs, 1 thread; NDCG@10 on {len(test_q)} held-out queries\n\n"
             + md_table(rows, ["strategy", "trainable params", "pairs/s (last epoch)", "x full", "wall s", "NDCG@10"]))
-    print(body)
-    if not a.no_record:
-        record("LM fine-tuning speed per strategy (benchmarks/lm_speed.py)", body)
 
 
 if __name__ == "__main__":

