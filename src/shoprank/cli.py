@@ -140,7 +140,8 @@ def train(
     model: Annotated[str, typer.Option(help="model name, e.g. sasrec, als, bm25, lightgbm")],
     out: Annotated[Path, typer.Option(help="model directory to write")],
     param: Annotated[list[str] | None, typer.Option("--param", help="model setting key=value")] = None,
-    tuning: Annotated[str | None, typer.Option(help="LM tuning strategy: head | top_k | lora | full")] = None,
+    tuning: Annotated[str | None, typer.Option(
+        help="LM tuning strategy: head | top_k | lora | adalora | ia3 | prefix | full")] = None,
     split: Annotated[str, typer.Option(help="auto | predefined | time | leave_last_out")] = "auto",
 ) -> None:
     """Train a model for a task and save it as a directory (with a model card, README.md)."""
@@ -153,6 +154,66 @@ def train(
     ds = Dataset.load(data)
     res = train_model(ds, task, model, params=params, split_how=split, out=out)
     console.print(f"trained {model} for {task} in {res.seconds:.1f}s -> {out}")
+
+
+@app.command()
+def tune(
+    data: Annotated[Path, typer.Option(help="dataset folder")],
+    task: Annotated[str, typer.Option(help="click | recommend | search")],
+    model: Annotated[str, typer.Option(help="model name (default space for lm, lm-click)")] = "lm",
+    trials: Annotated[int, typer.Option(help="at most this many trials")] = 20,
+    timeout: Annotated[float | None, typer.Option(help="time budget in seconds")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", help="fixed model setting key=value")] = None,
+    split: Annotated[str, typer.Option(help="auto | predefined | time | leave_last_out")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="write trials CSV and best settings JSON here")] = None,
+) -> None:
+    """Optuna search over learning rate, strategy, k and LoRA rank, scored on validation."""
+    from shoprank.data.dataset import Dataset
+    from shoprank.data.splits import split_dataset
+    from shoprank.evaluation.protocol import evaluate_model
+    from shoprank.training.search import tune as run_tune
+
+    metric = {"click": "auc", "recommend": "ndcg@10", "search": "ndcg@10"}.get(task)
+    if metric is None:
+        raise ShoprankError(f"--task must be click, recommend or search, got {task!r}")
+
+    def scorer(m: Any, sp: Any) -> float:
+        r = evaluate_model(m, sp, task, which="valid", n_bootstrap=0, progress=False)
+        return float(r["auc"] if task == "click" else r["metrics"][metric])
+
+    sp = split_dataset(Dataset.load(data), split)
+    res = run_tune(model, sp, scorer, fixed=_parse_kv(param, "--param"), n_trials=trials, timeout_s=timeout)
+    console.print(res.trials.to_string(index=False))
+    console.print(f"best valid {metric} {res.best_value:.4f} with {json.dumps(res.best_params)} "
+                  f"({len(res.trials)} trials, {res.seconds:.0f}s)")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        res.trials.to_csv(out / "trials.csv", index=False)
+        (out / "best.json").write_text(json.dumps({"metric": metric, "value": res.best_value,
+                                                   "params": res.best_params}, indent=2) + "\n")
+
+
+@app.command()
+def pretrain(
+    data: Annotated[Path, typer.Option(help="dataset folder whose catalog (and queries) to read")],
+    out: Annotated[Path, typer.Option(help="folder for the adapted encoder")],
+    encoder: Annotated[str, typer.Option(help="minilm | m3e-small | a local HF folder")] = "minilm",
+    epochs: int = 1,
+    lr: float = 5e-5,
+) -> None:
+    """Domain-adaptive masked-LM pretraining on the shop's text; use it with --param encoder=OUT."""
+    from shoprank.data.dataset import Dataset
+    from shoprank.data.schema import Col
+    from shoprank.text.render import render_items
+    from shoprank.training.mlm import MLMConfig, continue_pretraining
+
+    ds = Dataset.load(data)
+    texts = render_items(ds.items)
+    if len(ds.judgments):
+        texts += ds.judgments[Col.QUERY].astype(str).drop_duplicates().tolist()
+    info = continue_pretraining(texts, out, encoder=encoder, config=MLMConfig(epochs=epochs, lr=lr))
+    console.print(f"held-out MLM loss {info['heldout_mlm_loss_before']:.3f} -> {info['heldout_mlm_loss_after']:.3f} "
+                  f"in {info['seconds']:.0f}s; encoder saved to {out}")
 
 
 @app.command()
@@ -195,6 +256,68 @@ def evaluate(
     (model / f"metrics-{split}.json").write_text(text + "\n")
     write_card(model)
     console.print_json(text)
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option(help="saved model directory")],
+    data: Annotated[Path, typer.Option(help="dataset folder (the catalog and past events)")],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    store: Annotated[str | None, typer.Option(help="event store URL (default: sqlite file in DATA)")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="SHOPRANK_API_KEY",
+                                                help="key for write/admin endpoints (or env SHOPRANK_API_KEY)")] = None,
+    encoder: Annotated[str, typer.Option(help="text encoder for models without vectors; none = BM25 only")] = "minilm",
+    cache_dir: Annotated[Path | None, typer.Option(help="embedding cache folder")] = None,
+    reports_dir: Annotated[Path | None, typer.Option(help="valuation report folder for the dashboard")] = None,
+    hnsw_threshold: Annotated[int, typer.Option(help="exact vector index up to this many items, HNSW beyond")] = 200_000,
+) -> None:
+    """Serve search, recommendations, events and the web page over HTTP (FastAPI + uvicorn)."""
+    from shoprank.serving.server import run
+    from shoprank.serving.settings import Settings
+
+    settings = Settings(model_dir=model, data_dir=data, store_url=store, api_key=api_key, encoder=encoder,
+                        cache_dir=cache_dir, reports_dir=reports_dir, hnsw_threshold=hnsw_threshold)
+    run(settings, host=host, port=port, workers=workers)
+
+
+@app.command()
+def value(
+    data: Annotated[Path, typer.Option(help="dataset folder")],
+    method: Annotated[str, typer.Option(help="knn-shapley | data-oob | tmc-shapley | beta-shapley | msr-banzhaf | loo | exact-shapley | random")],
+    out: Annotated[Path, typer.Option(help="folder for values.csv, groups.csv and report.html")],
+    group_by: Annotated[str | None, typer.Option("--group-by", help="value groups: a column (source, labeler, category, event, ...) or day/week/month")] = None,
+    model: Annotated[Path | None, typer.Option(help="trained dense/lm model directory whose embeddings to use")] = None,
+    task: Annotated[str, typer.Option(help="auto | interactions | click | search")] = "auto",
+    param: Annotated[list[str] | None, typer.Option("--param", help="method setting key=value, e.g. k=10")] = None,
+    cost: Annotated[list[str] | None, typer.Option("--cost", help="cost per record of a group: group=0.002")] = None,
+    max_rows: Annotated[int | None, typer.Option(help="value a random sample of at most this many records")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="embedding cache (default OUT/cache)")] = None,
+    seed: int = 0,
+) -> None:
+    """Value every training record (or group) of a dataset; writes values.csv and report.html."""
+    from rich.table import Table
+
+    from shoprank.data.dataset import Dataset
+    from shoprank.valuation.job import run_valuation
+
+    costs = {str(k): float(v) for k, v in _parse_kv(cost, "--cost").items()}
+    ds = Dataset.load(data)
+    job = run_valuation(ds, method, task=task, group_by=group_by, model_dir=model, params=_parse_kv(param, "--param"),
+                        cache_dir=cache_dir or out / "cache", costs=costs or None, max_rows=max_rows, seed=seed)
+    files = job.save(out)
+    if job.groups is not None:
+        t = Table(title=f"{method} by {group_by} (best value per cost first)")
+        for c in ("group", "value", "stderr", "n_records", "value_per_cost"):
+            t.add_column(c, justify="left" if c == "group" else "right")
+        for r in job.groups.itertuples():
+            t.add_row(str(r.group), f"{r.value:.4g}", f"{r.stderr:.2g}", str(r.n_records), f"{r.value_per_cost:.4g}")
+        console.print(t)
+    for n in job.notes:
+        console.print(f"note: {n}")
+    console.print(f"valued {len(job.records.frame)} {job.task} records with {method} in {job.seconds:.1f}s -> "
+                  + ", ".join(str(f) for f in files.values()))
 
 
 def _json_default(o: Any) -> Any:

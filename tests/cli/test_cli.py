@@ -101,6 +101,29 @@ def test_synth_train_evaluate_roundtrip(tmp_path: Path) -> None:
 
 
 def test_help_everywhere() -> None:
-    for cmd in ([], ["data"], ["data", "import"], ["train"], ["evaluate"], ["demo"]):
+    for cmd in ([], ["data"], ["data", "import"], ["train"], ["evaluate"], ["demo"], ["tune"], ["pretrain"]):
         r = run(*cmd, "--help")
         assert r.returncode == 0 and "Usage" in r.stdout
+
+
+def test_train_lm_with_a_tuning_strategy_and_tune(tmp_path: Path) -> None:
+    ds = tmp_path / "shop"
+    assert run("data", "synth", "--out", str(ds), "--preset", "tiny").returncode == 0
+    model = tmp_path / "lm"
+    r = run("train", "--data", str(ds), "--task", "search", "--model", "lm", "--tuning", "ia3", "--out", str(model),
+            "--param", "epochs=1", "--param", "max_train_pairs=32", "--param", "max_length=24",
+            "--param", "verbose=false")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((model / "config.json").read_text())
+    assert cfg["params"]["tuning"] == "ia3" and (model / "trainable.safetensors").exists()
+    assert "# lm for search" in (model / "README.md").read_text()
+    out = tmp_path / "tune"
+    r = run("tune", "--data", str(ds), "--task", "search", "--model", "lm", "--trials", "2", "--out", str(out),
+            "--param", "epochs=0", "--param", "verbose=false", "--param", "max_length=24")
+    assert r.returncode == 0, r.stderr
+    best = json.loads((out / "best.json").read_text())
+    assert best["metric"] == "ndcg@10" and 0 < best["value"] <= 1 and best["params"]["tuning"]
+    assert len((out / "trials.csv").read_text().strip().splitlines()) == 3
+    bad = run("train", "--data", str(ds), "--task", "search", "--model", "lm", "--tuning", "qlora",
+              "--out", str(tmp_path / "z"))
+    assert bad.returncode == 2 and "unknown tuning strategy 'qlora'" in bad.stderr

@@ -158,6 +158,25 @@ class MetricLogger:
             self.writer = None
 
 
+# -- validation metric ---------------------------------------------------------------------------
+
+
+def graded_ndcg(scores: list[np.ndarray], grades: list[np.ndarray], k: int = 10) -> float:
+    """Mean NDCG@k (gain 2^grade - 1) over lists with a positive grade: the early-stopping
+    signal of search fine-tuning. The evaluation layer's reports are the reference numbers;
+    this lighter copy keeps the model layer free of imports from the layers above it."""
+    vals = []
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    for s, g in zip(scores, grades, strict=True):
+        g = np.asarray(g, np.float64)
+        if not len(g) or g.max() <= 0:
+            continue
+        top = np.asarray(g)[np.argsort(-np.asarray(s), kind="stable")][:k]
+        ideal = np.sort(g)[::-1][:k]
+        vals.append(float(((2**top - 1) * disc[: len(top)]).sum() / ((2**ideal - 1) * disc[: len(ideal)]).sum()))
+    return float(np.mean(vals)) if vals else float("nan")
+
+
 # -- adversarial steps ----------------------------------------------------------------------------
 
 
@@ -180,4 +199,5 @@ def backward_with_fgm(tower: Any, loss_fn: Callable[[], torch.Tensor], *, epsilo
     return loss
 
 
-__all__ = ["Checkpointer", "Distributed", "MetricLogger", "backward_with_fgm", "rng_state", "set_rng_state"]
+__all__ = ["Checkpointer", "Distributed", "MetricLogger", "backward_with_fgm", "graded_ndcg", "rng_state",
+           "set_rng_state"]

@@ -48,13 +48,13 @@ from shoprank.data.splits import (
     user_sequences,
 )
 from shoprank.errors import ShoprankError
-from shoprank.evaluation.ranking import search_report
 from shoprank.models.base import Ranker, UserBatch, register, top_k
 from shoprank.models.engine import (
     Checkpointer,
     Distributed,
     MetricLogger,
     backward_with_fgm,
+    graded_ndcg,
     rng_state,
     set_rng_state,
 )
@@ -584,7 +584,7 @@ class LMRanker(Ranker):
             vals.append(total / max(len(u), 1))
         if srch is not None:
             sc = self.score_query_items(srch.queries, srch.cands)
-            m = search_report(sc, srch.grades, ks=(10,), n_bootstrap=0).metrics.get("ndcg@10", float("nan"))
+            m = graded_ndcg(sc, srch.grades, k=10)
             if math.isfinite(m):
                 vals.append(float(m))
         return float(np.mean(vals)) if vals else float("nan")

@@ -1,0 +1,1 @@
+"""Self-contained HTML reports (plots embedded as base64 PNG, no network needed to view)."""

@@ -1,0 +1,70 @@
+"""Data valuation: what each training record, and each group of records, is worth.
+
+Composed in the manner of pyDVL: a `Utility` (model x data x scorer, with a cache of
+coalition scores), a `Sampler`, a `StoppingCriterion`, and methods that return a
+`ValuationResult` (values, standard errors, counts). Methods are found by name with
+`get_method` ("knn-shapley", "data-oob", "tmc-shapley", "beta-shapley", "msr-banzhaf",
+"loo", "exact-shapley", "exact-banzhaf", "random").
+"""
+
+from shoprank.valuation.base import Valuation, available_methods, get_method, register_method
+from shoprank.valuation.baselines import RandomValuation
+from shoprank.valuation.knn import KNNShapley, knn_attribution, knn_shapley_values, knn_utility
+from shoprank.valuation.oob import DataOOB
+from shoprank.valuation.parallel import (
+    Backend,
+    JoblibBackend,
+    RayBackend,
+    SequentialBackend,
+    get_backend,
+)
+from shoprank.valuation.result import ValuationResult
+from shoprank.valuation.samplers import (
+    AntitheticPermutationSampler,
+    AntitheticUniformSampler,
+    PermutationSampler,
+    Sampler,
+    UniformSampler,
+)
+from shoprank.valuation.semivalues import (
+    BetaShapley,
+    ExactBanzhaf,
+    ExactBetaShapley,
+    ExactShapley,
+    LeaveOneOut,
+    MSRBanzhaf,
+    TMCShapley,
+    banzhaf_sizes,
+    beta_sizes,
+    exact_semivalue,
+    shapley_sizes,
+)
+from shoprank.valuation.stopping import (
+    AbsoluteStandardError,
+    MaxChecks,
+    MaxTime,
+    MaxUpdates,
+    MinUpdates,
+    RelativeStandardError,
+    StoppingCriterion,
+)
+from shoprank.valuation.utility import (
+    FunctionUtility,
+    ModelUtility,
+    Scorer,
+    Utility,
+    ValuationData,
+    get_scorer,
+    ndcg_scorer,
+)
+
+__all__ = [
+    "AbsoluteStandardError", "AntitheticPermutationSampler", "AntitheticUniformSampler", "Backend",
+    "BetaShapley", "DataOOB", "ExactBanzhaf", "ExactBetaShapley", "ExactShapley", "FunctionUtility",
+    "JoblibBackend", "KNNShapley", "LeaveOneOut", "MSRBanzhaf", "MaxChecks", "MaxTime", "MaxUpdates",
+    "MinUpdates", "ModelUtility", "PermutationSampler", "RandomValuation", "RayBackend",
+    "RelativeStandardError", "Sampler", "Scorer", "SequentialBackend", "StoppingCriterion", "TMCShapley",
+    "UniformSampler", "Utility", "Valuation", "ValuationData", "ValuationResult", "available_methods",
+    "banzhaf_sizes", "beta_sizes", "exact_semivalue", "get_backend", "get_method", "get_scorer",
+    "knn_attribution", "knn_shapley_values", "knn_utility", "ndcg_scorer", "register_method", "shapley_sizes",
+]

@@ -1,0 +1,218 @@
+"""Experiments with the OpenDataVal protocol: noise detection, point removal and addition.
+
+Why a fixed protocol: a value is only as good as what it lets one do. Inject label noise
+into a known share of the training data and check whether low values find it (F1 of a
+2-means clustering of the values, AUROC, precision at k = number of noisy points); remove
+or add points in value order, retrain and watch the validation score. Every experiment runs
+several seeds and always a random valuation beside the real methods, so a number is never
+read without its chance level.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shoprank.errors import ShoprankError
+from shoprank.valuation.base import Valuation, get_method
+from shoprank.valuation.baselines import RandomValuation
+from shoprank.valuation.utility import ModelUtility, Scorer, ValuationData
+
+MethodFactory = Callable[[int], Valuation]
+
+
+def flip_labels(y: np.ndarray, frac: float, *, seed: int = 0, classes: Sequence[Any] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Give `round(frac * n)` random rows another class (uniform among the others).
+    Returns (noisy labels, boolean mask of the flipped rows)."""
+    y = np.asarray(y)
+    if not 0 <= frac <= 1:
+        raise ShoprankError("noise fraction must be in [0, 1]")
+    cl = np.unique(y) if classes is None else np.asarray(classes)
+    if len(cl) < 2:
+        raise ShoprankError("flipping labels needs at least two classes")
+    rng = np.random.default_rng(seed)
+    n_noisy = int(round(frac * len(y)))
+    idx = rng.choice(len(y), size=n_noisy, replace=False)
+    pos = np.searchsorted(cl, y[idx])
+    shift = rng.integers(1, len(cl), size=n_noisy)
+    out = y.copy()
+    out[idx] = cl[(pos + shift) % len(cl)]
+    mask = np.zeros(len(y), dtype=bool)
+    mask[idx] = True
+    return out, mask
+
+
+def add_feature_noise(x: np.ndarray, frac: float, *, scale: float = 1.0, seed: int = 0
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Add Gaussian noise (std `scale` times each feature's std) to a share of rows."""
+    x = np.asarray(x, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(x), dtype=bool)
+    mask[rng.choice(len(x), size=int(round(frac * len(x))), replace=False)] = True
+    out = x.copy()
+    out[mask] += rng.standard_normal((int(mask.sum()), x.shape[1])) * scale * x.std(0)
+    return out, mask
+
+
+def kmeans_flags(values: np.ndarray, seed: int = 0) -> np.ndarray:
+    """OpenDataVal's detector: 2-means on the values; the cluster with the lower centre is
+    flagged as noisy."""
+    from sklearn.cluster import KMeans
+
+    v = np.asarray(values, dtype=np.float64).reshape(-1, 1)
+    if len(np.unique(v)) < 2:
+        return np.zeros(len(v), dtype=bool)
+    km = KMeans(n_clusters=2, n_init=10, random_state=seed).fit(v)
+    low = int(np.argmin(km.cluster_centers_.ravel()))
+    return np.asarray(km.labels_ == low)
+
+
+def detection_metrics(values: np.ndarray, noisy: np.ndarray, *, seed: int = 0) -> dict[str, float]:
+    """F1 of the 2-means flags, AUROC of -value for "noisy", precision at k = #noisy."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    v = np.asarray(values, dtype=np.float64)
+    m = np.asarray(noisy, dtype=bool)
+    if len(v) != len(m):
+        raise ShoprankError("values and noise mask differ in length")
+    flags = kmeans_flags(v, seed)
+    k = int(m.sum())
+    out = {"f1": float(f1_score(m, flags, zero_division=0.0))}
+    out["auroc"] = float(roc_auc_score(m, -v)) if 0 < k < len(m) else float("nan")
+    lowest = np.lexsort((np.arange(len(v)), v))[:k]
+    out["precision_at_k"] = float(m[lowest].mean()) if k else float("nan")
+    return out
+
+
+def method_factory(name: str, **params: Any) -> MethodFactory:
+    """A seed -> method factory from the registry; `seed` is passed where the method has one."""
+
+    def make(seed: int) -> Valuation:
+        m = get_method(name, **params)
+        if hasattr(m, "seed"):
+            setattr(m, "seed", seed)  # noqa: B010 - not every method has a seed
+        return m
+
+    return make
+
+
+class _Fixed:
+    """A factory that returns one given method whatever the seed."""
+
+    def __init__(self, m: Valuation) -> None:
+        self.m = m
+
+    def __call__(self, seed: int) -> Valuation:
+        return self.m
+
+
+def _with_random(methods: Mapping[str, MethodFactory | Valuation]) -> dict[str, MethodFactory]:
+    out: dict[str, MethodFactory] = {}
+    for k, m in methods.items():
+        if isinstance(m, Valuation):
+            out[k] = _Fixed(m)
+        else:
+            out[k] = m
+    out.setdefault("random", lambda seed: RandomValuation(seed=seed))
+    return out
+
+
+def noise_detection_experiment(
+    data: ValuationData, methods: Mapping[str, MethodFactory | Valuation], *, noise_frac: float = 0.2,
+    seeds: Sequence[int] = (0, 1, 2), classes: Sequence[Any] | None = None,
+) -> pd.DataFrame:
+    """Flip `noise_frac` of the training labels (per seed), value with every method and
+    score the detection. One row per (method, seed): f1, auroc, precision_at_k, seconds."""
+    if data.y_train is None:
+        raise ShoprankError("noise detection needs training labels")
+    rows = []
+    for seed in seeds:
+        y_noisy, noisy = flip_labels(data.y_train, noise_frac, seed=seed, classes=classes)
+        noisy_data = ValuationData(data.x_train, y_noisy, data.x_valid, data.y_valid, names=data.names,
+                                   qid_valid=data.qid_valid)
+        for name, make in _with_random(methods).items():
+            t0 = time.perf_counter()
+            vals = make(seed).fit(noisy_data).values
+            secs = time.perf_counter() - t0
+            rows.append({"method": name, "seed": seed, **detection_metrics(vals, noisy, seed=seed), "seconds": secs})
+    return pd.DataFrame(rows)
+
+
+def summarize(df: pd.DataFrame, by: str | list[str] = "method") -> pd.DataFrame:
+    """Mean and std over seeds of every numeric column."""
+    num = [c for c in df.columns if c not in ("seed",) and pd.api.types.is_numeric_dtype(df[c])
+           and c not in ([by] if isinstance(by, str) else by)]
+    g = df.groupby(by, sort=False)[num]
+    mean, std = g.mean(), g.std(ddof=0)
+    out = mean.copy()
+    for c in num:
+        out[f"{c}_std"] = std[c]
+    return out.reset_index()
+
+
+def _curve(values: np.ndarray, utility: ModelUtility, fractions: np.ndarray, mode: str, high_first: bool) -> np.ndarray:
+    n = utility.data.n_train
+    key = np.asarray(values, dtype=np.float64)
+    order = np.lexsort((np.arange(n), -key if high_first else key))
+    out = np.zeros(len(fractions))
+    for j, f in enumerate(fractions):
+        m = int(round(f * n))
+        keep = order[m:] if mode == "remove" else order[:m]
+        out[j] = utility(keep)
+    return out
+
+
+def value_curves(
+    values: Mapping[str, np.ndarray], data: ValuationData, model: Any, scorer: str | Scorer = "accuracy", *,
+    fractions: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5), mode: str = "remove",
+    random_seeds: Sequence[int] = (0, 1, 2),
+) -> pd.DataFrame:
+    """Retrain after removing (mode="remove") or keeping only (mode="add") the first
+    fraction of points in value order, high-value first and low-value first, plus a random
+    order per seed. Rows: method, order, seed, fraction, score."""
+    if mode not in ("remove", "add"):
+        raise ShoprankError("mode must be remove or add")
+    if data.groups is not None:
+        data = data.with_groups(None)
+    u = ModelUtility(model, data, scorer)
+    fr = np.asarray(fractions, dtype=np.float64)
+    rows: list[dict[str, Any]] = []
+    for name, v in values.items():
+        for high_first, label in ((True, "high-first"), (False, "low-first")):
+            for f, s in zip(fr, _curve(v, u, fr, mode, high_first), strict=True):
+                rows.append({"method": name, "order": label, "seed": -1, "fraction": f, "score": s})
+    for seed in random_seeds:
+        rv = np.random.default_rng(seed).random(data.n_train)
+        for f, s in zip(fr, _curve(rv, u, fr, mode, True), strict=True):
+            rows.append({"method": "random", "order": "random", "seed": seed, "fraction": f, "score": s})
+    return pd.DataFrame(rows)
+
+
+def plot_curves(df: pd.DataFrame, *, title: str = "", ylabel: str = "validation score") -> Any:
+    """One line per (method, order), random averaged over seeds with a band; returns the Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for (method, order), g in df.groupby(["method", "order"], sort=False):
+        s = g.groupby("fraction")["score"]
+        mean, std = s.mean(), s.std(ddof=0).fillna(0.0)
+        style = {"color": "grey", "linestyle": "--"} if method == "random" else {}
+        ax.plot(mean.index, mean.to_numpy(), marker="o", ms=3, label=f"{method} ({order})"
+                if method != "random" else "random", **style)  # type: ignore[arg-type]
+        if method == "random":
+            ax.fill_between(mean.index, (mean - std).to_numpy(), (mean + std).to_numpy(), color="grey", alpha=0.2)
+    ax.set_xlabel("fraction of training data " + ("removed" if "remove" in title.lower() else "in value order"))
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,226 @@
+"""Exact KNN-Shapley (Jia et al. 2019), vectorised over test points and chunked.
+
+For the K-nearest-neighbour utility u(S) = mean over test points of
+(1/K) * sum of m(j, t) over the min(K, |S|) points j of S nearest to test point t, the exact
+Shapley value of every training point follows from one sort per test point (Theorem 1):
+with a_1..a_N the training points by distance,
+
+    s(a_N) = m(a_N) * min(K, N) / (N K)
+    s(a_i) = s(a_{i+1}) + (m(a_i) - m(a_{i+1})) / K * min(K, i) / i.
+
+The recursion only uses that u is a sum of per-point terms over the top K, so it holds for
+any match score m: 1[y_j = y_t] for labels, 1 - |y_j - y_t| / range for graded targets, and
+the cosine of target vectors for implicit next-item pairs (x: the history's embedding, y: the
+next item's embedding; a neighbour is worth what its next item tells about this one's).
+
+Why chunked: a block of test points at a time (distances, one argsort per row, a reverse
+cumulative sum, a bincount back to training order) keeps memory at about
+`chunk_size * n_train` numbers, so 50k training x 10k test points never holds a dense
+50k x 10k matrix; chunks are independent tasks for any backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+import numpy as np
+
+from shoprank.errors import ShoprankError
+from shoprank.valuation.base import Valuation, register_method
+from shoprank.valuation.parallel import Backend, get_backend
+from shoprank.valuation.result import ValuationResult
+from shoprank.valuation.utility import FunctionUtility, ValuationData
+
+METRICS = ("cosine", "euclidean")
+TARGETS = ("classification", "graded", "embedding")
+DEFAULT_BLOCK = 1 << 21  # elements of one (chunk x n_train) block: ~100 MB of working arrays
+
+
+def _prepare_train(x: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if metric == "cosine":
+        norm = np.linalg.norm(x, axis=1, keepdims=True)
+        x = x / np.maximum(norm, 1e-12)
+        return x, np.zeros(len(x), np.float32)
+    if metric == "euclidean":
+        return x, np.einsum("ij,ij->i", x, x).astype(np.float32)
+    raise ShoprankError(f"unknown metric {metric!r}: use one of {METRICS}")
+
+
+def _distances(xtr: np.ndarray, sq: np.ndarray, xte: np.ndarray, metric: str) -> np.ndarray:
+    """(n_test, n_train) distances up to a per-test-row constant (the order is what counts)."""
+    xte = np.asarray(xte, dtype=np.float32)
+    if metric == "cosine":
+        xte = xte / np.maximum(np.linalg.norm(xte, axis=1, keepdims=True), 1e-12)
+        return -(xte @ xtr.T)
+    return sq[None, :] - 2.0 * (xte @ xtr.T)
+
+
+def _match_sorted(ytr: np.ndarray, order: np.ndarray, yte: np.ndarray, target: str, scale: float) -> np.ndarray:
+    """m(j, t) for the training points in each test row's distance order."""
+    if target == "embedding":  # cosine of target vectors (next items): gather, never (c, N, d)
+        return np.take_along_axis((yte @ ytr.T).astype(np.float64), order, axis=1)
+    return _match(ytr[order], yte, target, scale)
+
+
+def _unit_rows(y: np.ndarray) -> np.ndarray:
+    y = np.asarray(y, dtype=np.float32)
+    return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+
+
+def _match(ytr_sorted: np.ndarray, yte: np.ndarray, target: str, scale: float) -> np.ndarray:
+    if target == "classification":
+        return (ytr_sorted == yte[:, None]).astype(np.float64)
+    return 1.0 - np.abs(ytr_sorted.astype(np.float64) - yte[:, None].astype(np.float64)) / scale
+
+
+def _chunk_values(shared: tuple[np.ndarray, np.ndarray, np.ndarray, int, str, str, float, int],
+                  item: tuple[np.ndarray, np.ndarray, int]) -> np.ndarray:
+    """Sum over the given test points of their exact KNN-Shapley values (training order).
+
+    `item[2]` >= 0 means the test points are training rows from that offset on (self
+    valuation): each is left out of its own game, i.e. sorted last and dropped."""
+    xtr, sq, ytr, k, metric, target, scale, chunk = shared
+    xte_all, yte_all, self_offset = item
+    n = len(xtr)
+    n_eff = n - 1 if self_offset >= 0 else n
+    j = np.arange(1, n_eff, dtype=np.float64)  # 1-based positions 1..N-1
+    coef = np.minimum(k, j) / (k * j)
+    out = np.zeros(n, dtype=np.float64)
+    if n_eff < 1:
+        return out
+    for s in range(0, len(xte_all), chunk):
+        xte, yte = xte_all[s:s + chunk], yte_all[s:s + chunk]
+        d = _distances(xtr, sq, xte, metric)
+        if self_offset >= 0:
+            d[np.arange(len(d)), self_offset + s + np.arange(len(d))] = np.inf
+        order = np.argsort(d, axis=1)[:, :n_eff]
+        m = _match_sorted(ytr, order, yte, target, scale)
+        vals = np.empty_like(m)
+        vals[:, -1] = m[:, -1] * min(k, n_eff) / (n_eff * k)
+        if n_eff > 1:
+            diff = (m[:, :-1] - m[:, 1:]) * coef
+            vals[:, :-1] = vals[:, -1:] + np.cumsum(diff[:, ::-1], axis=1)[:, ::-1]
+        out += np.bincount(order.ravel(), weights=vals.ravel(), minlength=n)
+    return out
+
+
+def knn_shapley_values(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray | None, y_test: np.ndarray | None, *,
+    k: int = 10, metric: str = "cosine", target: str = "classification", chunk_size: int | None = None,
+    backend: str | Backend | None = None, n_jobs: int = 1,
+) -> np.ndarray:
+    """Exact KNN-Shapley value of every training point, averaged over the test points.
+
+    `chunk_size` test points are processed at once (default: a block of about 2M numbers);
+    the work is split into one task per worker of `backend` (see `get_backend`).
+    With `x_test=None` every training point serves as a test point of the game played by
+    the others (self valuation: no validation set needed, like Data-OOB).
+    """
+    self_mode = x_test is None and y_test is None
+    if x_test is None or y_test is None:
+        if not self_mode:
+            raise ShoprankError("give both x_test and y_test, or neither (self valuation)")
+        x_test, y_test = x_train, y_train
+    if k < 1:
+        raise ShoprankError("k must be >= 1")
+    if target not in TARGETS:
+        raise ShoprankError(f"unknown target {target!r}: use one of {TARGETS}")
+    ytr, yte = np.asarray(y_train), np.asarray(y_test)
+    if len(x_train) != len(ytr) or len(x_test) != len(yte):
+        raise ShoprankError("x and y differ in length")
+    if target == "embedding":
+        if ytr.ndim != 2 or yte.ndim != 2:
+            raise ShoprankError("target 'embedding' needs y as vectors (n, d), e.g. next-item embeddings")
+        ytr, yte = _unit_rows(ytr), _unit_rows(yte)
+    n, n_test = len(ytr), len(yte)
+    if n == 0 or n_test == 0:
+        return np.zeros(n)
+    scale = 1.0
+    if target == "graded":
+        both = np.concatenate([ytr.astype(np.float64), yte.astype(np.float64)])
+        scale = float(both.max() - both.min()) or 1.0
+    xtr, sq = _prepare_train(np.asarray(x_train), metric)
+    chunk = int(chunk_size) if chunk_size else max(1, DEFAULT_BLOCK // n)
+    be = get_backend(backend, n_jobs=n_jobs)
+    n_tasks = min(max(1, be.n_workers), -(-n_test // chunk))
+    bounds = np.linspace(0, n_test, n_tasks + 1).astype(int)
+    # task boundaries on chunk multiples: the arithmetic is the same for any worker count
+    bounds = np.unique(np.minimum(n_test, (bounds // chunk) * chunk).tolist() + [n_test])
+    xte = np.asarray(x_test)
+    items = [(xte[a:b], yte[a:b], int(a) if self_mode else -1)
+             for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    parts = be.map(_chunk_values, items, shared=(xtr, sq, ytr, int(k), metric, target, scale, chunk))
+    total = np.zeros(n)
+    for p in parts:  # fixed order: same float sums on every backend
+        total += p
+    return total / n_test
+
+
+def knn_utility(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
+                k: int = 10, metric: str = "cosine", target: str = "classification") -> FunctionUtility:
+    """The KNN utility itself, u(S) for any coalition (brute force; for tests on tiny games)."""
+    xtr, sq = _prepare_train(np.asarray(x_train), metric)
+    ytr, yte = np.asarray(y_train), np.asarray(y_test)
+    scale = 1.0
+    if target == "graded":
+        both = np.concatenate([ytr.astype(np.float64), yte.astype(np.float64)])
+        scale = float(both.max() - both.min()) or 1.0
+    d = _distances(xtr, sq, np.asarray(x_test), metric)
+    rank = np.argsort(np.argsort(d, axis=1), axis=1)  # rank of each train point per test point
+    if target == "embedding":
+        m = (_unit_rows(yte) @ _unit_rows(ytr).T).astype(np.float64)
+    else:
+        m = _match(ytr[None, :].repeat(len(yte), 0), yte, target, scale)
+
+    def u(s: np.ndarray) -> float:
+        if not len(s):
+            return 0.0
+        r = rank[:, s]
+        top = np.argsort(r, axis=1)[:, :k]
+        return float(np.mean(np.take_along_axis(m[:, s], top, axis=1).sum(1) / k))
+
+    return FunctionUtility(u, len(ytr))
+
+
+@register_method("knn-shapley")
+class KNNShapley(Valuation):
+    """Exact KNN-Shapley on feature vectors (embeddings): labels, graded targets or target
+    vectors (`target="embedding"`, implicit next-item pairs).
+
+    `fit(data)` values `data.x_train` against `data.x_valid`; values are per training row.
+    `self_valuation=True` uses the training points themselves as test points (each left out
+    of its own game) when there is no clean validation set.
+    """
+
+    def __init__(self, k: int = 10, metric: str = "cosine", target: str = "classification",
+                 chunk_size: int | None = None, backend: str | Backend | None = None, n_jobs: int = 1,
+                 self_valuation: bool = False) -> None:
+        self.k, self.metric, self.target = k, metric, target
+        self.chunk_size, self.backend, self.n_jobs = chunk_size, backend, n_jobs
+        self.self_valuation = self_valuation
+
+    def fit(self, data: Any) -> Self:
+        if not isinstance(data, ValuationData):
+            raise ShoprankError("KNNShapley.fit needs ValuationData with feature arrays")
+        if data.y_train is None or (data.y_valid is None and not self.self_valuation):
+            raise ShoprankError("KNNShapley needs labels (y_train and y_valid)")
+        xv, yv = (None, None) if self.self_valuation else (np.asarray(data.x_valid), data.y_valid)
+        v = knn_shapley_values(np.asarray(data.x_train), data.y_train, xv, yv,
+                               k=self.k, metric=self.metric, target=self.target, chunk_size=self.chunk_size,
+                               backend=self.backend, n_jobs=self.n_jobs)
+        self.result_ = ValuationResult(v, names=data.point_names(), algorithm=self.name,
+                                       n_updates=data.n_train if yv is None else len(yv))
+        return self
+
+
+def knn_attribution(x_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray, y_query: Any, *,
+                    k: int = 10, metric: str = "cosine", target: str = "classification", top: int = 10,
+                    names: np.ndarray | None = None) -> ValuationResult:
+    """The training records that pushed one prediction (a recommended pair, a search hit)
+    towards `y_query` most: exact KNN-Shapley in the game of that single test point, the
+    `top` largest first (negative values pulled it the other way)."""
+    xq = np.asarray(x_query, dtype=np.float32).reshape(1, -1)
+    v = knn_shapley_values(x_train, y_train, xq, np.asarray([y_query]), k=k, metric=metric, target=target)
+    res = ValuationResult(v, names=names, algorithm="knn-attribution", n_updates=1)
+    return res.sort(reverse=True).subset(np.arange(min(top, len(v))))

@@ -1,0 +1,114 @@
+"""Valuation on the built-in shop: records, the job, the report and the `value` command."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shoprank.data.splits import split_dataset
+from shoprank.data.synth import SynthConfig, save_synth, synthesize
+from shoprank.errors import ShoprankError
+from shoprank.valuation.features import Embedder, build_records
+from shoprank.valuation.job import retrain_without, run_valuation
+
+
+@pytest.fixture(scope="module")
+def shop() -> tuple:
+    return synthesize(SynthConfig.preset("tiny"))
+
+
+@pytest.fixture
+def fake_embeddings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random but fixed vectors instead of the text encoder (fast, offline)."""
+
+    def vec(texts: list[str]) -> np.ndarray:
+        seeds = [int.from_bytes(hashlib.blake2b(t.encode(), digest_size=4).digest(), "little") for t in texts]
+        return np.stack([np.random.default_rng(s).normal(size=8) for s in seeds]).astype(np.float32)
+
+    monkeypatch.setattr(Embedder, "items", lambda self: vec(self.ds.items["item_id"].tolist()))
+    monkeypatch.setattr(Embedder, "queries", lambda self, qs: vec(list(qs)))
+
+
+def test_group_valuation_ranks_bot_last(shop: tuple) -> None:
+    ds, truth = shop
+    sp = split_dataset(ds, "time")
+    job = run_valuation(ds, "exact-shapley", group_by="source", split=sp)
+    lowest = float(job.groups["value"].min()) if job.groups is not None else 0.0
+    loop = retrain_without(ds, sp, job, below=lowest + 1e-12)
+    assert loop["dropped"] == ["bot"] and loop["n_dropped"] > 0
+    assert 0 < loop["test_all"] <= 1 and 0 < loop["test_kept"] <= 1
+    g = job.groups
+    assert g is not None and set(g["group"]) == set(truth["sources"]["source"])
+    assert g.sort_values("value").iloc[0]["group"] == "bot"
+    assert {"value_per_cost", "projected_gain", "cost_per_record"} <= set(g.columns)
+    assert len(job.values_frame()) == len(g)
+
+
+def test_point_methods_on_search_and_click(shop: tuple, fake_embeddings: None, tmp_path: Path) -> None:
+    ds, truth = shop
+    job = run_valuation(ds, "knn-shapley", task="search", group_by="labeler", params={"k": 5})
+    assert len(job.result) == len(job.records.frame) and job.curves is not None
+    assert job.groups is not None and len(job.groups) == 4
+    files = job.save(tmp_path / "out")
+    vals = pd.read_csv(files["values"])
+    assert {"value", "stderr", "query", "item_id", "labeler"} <= set(vals.columns)
+    html = files["report"].read_text()
+    assert "data:image/png;base64," in html and "Removal curves" in html and "labeler" in html
+    oob = run_valuation(ds, "data-oob", task="click", params={"n_estimators": 10}, curves=False)
+    assert oob.records.task == "click" and len(oob.result) == len(oob.records.frame)
+    rec = build_records(ds, "interactions")
+    assert len(set(rec.group_labels("week"))) > 5
+    cats = rec.group_labels("category")
+    assert len(cats) == len(rec.frame) and set(cats) <= set(ds.items["category"])
+
+
+def test_bad_requests(shop: tuple) -> None:
+    ds, _ = shop
+    with pytest.raises(ShoprankError, match="--task click"):
+        run_valuation(ds, "knn-shapley", task="interactions")
+    with pytest.raises(ShoprankError, match="cannot group by"):
+        run_valuation(ds, "loo", group_by="nope")
+
+
+def test_value_command(tmp_path: Path) -> None:
+    save_synth(SynthConfig.preset("tiny"), tmp_path / "shop")
+    out = tmp_path / "val"
+    r = subprocess.run([sys.executable, "-m", "shoprank.cli", "value", "--data", str(tmp_path / "shop"),
+                        "--method", "tmc-shapley", "--group-by", "source", "--out", str(out),
+                        "--param", "truncation_rtol=0.05"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (out / "values.csv").exists() and (out / "report.html").exists() and (out / "groups.csv").exists()
+    assert "bot" in r.stdout
+
+
+
+def test_value_command_bad_method(tmp_path: Path, shop: tuple, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from shoprank import cli
+
+    shop[0].save(tmp_path / "shop")
+    monkeypatch.setattr(sys, "argv", ["shoprank", "value", "--data", str(tmp_path / "shop"), "--method", "nope",
+                                      "--out", str(tmp_path / "val")])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unknown valuation method" in err and len(err.strip().splitlines()) == 1
+
+
+def test_demo_valuation_step(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from shoprank.demo import run_demo
+
+    con = Console(record=True, width=200)
+    res = run_demo(tmp_path, preset="tiny", models=[], console=con)
+    text = con.export_text()
+    assert "lowest value: bot (matches the ground-truth noisiest source, bot)" in text
+    assert "best value per cost:" in text
+    assert (res.run_dir / "valuation" / "report.html").exists()
