@@ -8,7 +8,9 @@ length, query-title word overlap].
 
 Recommendation: the dense model retrieves `n_candidates` items per user; the re-ranker
 orders them by [LM score and rank, item popularity, recency of the item's last event, price,
-BM25 of the user's history titles against the item, in-history flag]. With `fusion="rrf"`
+BM25 of the user's history titles against the item, in-history flag, how often the item
+followed the user's last item in training sequences, and its co-occurrence with the whole
+history]. With `fusion="rrf"`
 the LM ranking is fused with popularity by RRF instead.
 
 The re-ranker learns on the validation data given to `fit` (held-out queries / later
@@ -25,10 +27,11 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from shoprank.data.dataset import Dataset
 from shoprank.data.schema import Col
-from shoprank.data.splits import histories_for, item_popularity, positive_mask
+from shoprank.data.splits import histories_for, item_popularity, positive_mask, user_sequences
 from shoprank.errors import ShoprankError
 from shoprank.models.base import Ranker, UserBatch, get_model_class, load_model, register, top_k
 from shoprank.models.baselines import BM25Ranker, tokenize
@@ -36,7 +39,8 @@ from shoprank.text.render import render_query
 
 SEARCH_FEATURES = ["dense", "bm25", "dense_rank", "bm25_rank", "rrf", "bm25_zero", "log_pop",
                    "log_price", "query_len", "title_overlap"]
-REC_FEATURES = ["dense", "dense_rank", "log_pop", "log_age", "log_price", "bm25_hist", "in_history"]
+REC_FEATURES = ["dense", "dense_rank", "log_pop", "log_age", "log_price", "bm25_hist", "in_history",
+                "trans_last", "cooc_hist"]
 FUSIONS = ("rrf", "ltr")
 LTR_FILE = "reranker.txt"
 STATS_FILE = "item_stats.npz"
@@ -81,6 +85,8 @@ class HybridRanker(Ranker):
         self.log_age_: np.ndarray = np.zeros(0)
         self.log_price_: np.ndarray = np.zeros(0)
         self.titles_: list[set[str]] = []
+        self.trans_: sp.csr_matrix = sp.csr_matrix((0, 0))  # item -> next item counts in training
+        self.cooc_: sp.csr_matrix = sp.csr_matrix((0, 0))  # items in the same user's history
 
     # -- fitting ----------------------------------------------------------------------------
     @classmethod
@@ -137,6 +143,27 @@ class HybridRanker(Ranker):
         self.log_age_ = np.log1p(np.nan_to_num(age / 86400.0, nan=1e4))
         price = train.items[Col.PRICE].to_numpy(np.float64) if Col.PRICE in train.items else np.full(n, np.nan)
         self.log_price_ = np.log1p(np.nan_to_num(np.clip(price, 0, None), nan=0.0))
+        rows, cols, crow, ccol = [], [], [], []
+        if len(inter):
+            for seq in user_sequences(train).values():
+                rows.append(seq[:-1])
+                cols.append(seq[1:])
+                u = np.unique(seq)[:200]
+                crow.append(np.repeat(u, len(u)))
+                ccol.append(np.tile(u, len(u)))
+
+        def counts(r: list[np.ndarray], c: list[np.ndarray]) -> sp.csr_matrix:
+            if not r:
+                return sp.csr_matrix((n, n), dtype=np.float32)
+            rr, cc = np.concatenate(r), np.concatenate(c)
+            m = sp.csr_matrix((np.ones(len(rr), np.float32), (rr, cc)), shape=(n, n))
+            m.sum_duplicates()
+            return m
+
+        self.trans_ = counts(rows, cols)
+        self.cooc_ = counts(crow, ccol)
+        self.cooc_.setdiag(0)
+        self.cooc_.eliminate_zeros()
         titles = train.items[Col.TITLE].astype(str).tolist() if Col.TITLE in train.items else [""] * n
         mode = self.bm25_.mode_ if self.bm25_ is not None else "word"
         self.titles_ = [set(tokenize(t, mode)) for t in titles]
@@ -234,8 +261,17 @@ class HybridRanker(Ranker):
         rank = np.tile(np.arange(n, dtype=np.float64), len(users))
         in_hist = np.concatenate([np.isin(c, np.asarray(h, np.int64)) for c, h in zip(cand, users.histories, strict=True)])
         flat = cand.ravel()
+        trans = np.zeros(cand.shape)
+        cooc = np.zeros(cand.shape)
+        for r, h in enumerate(users.histories):
+            h = np.asarray(h, np.int64)
+            h = h[(h >= 0) & (h < self.n_items_)]
+            if len(h):
+                trans[r] = self.trans_[int(h[-1])].toarray().ravel()[cand[r]]
+                cooc[r] = np.asarray(self.cooc_[h[-20:]].sum(axis=0)).ravel()[cand[r]]
         return np.column_stack([dense.ravel(), rank, self.log_pop_[flat], self.log_age_[flat], self.log_price_[flat],
-                                np.concatenate(bm), in_hist.astype(float)])
+                                np.concatenate(bm), in_hist.astype(float), np.log1p(trans.ravel()),
+                                np.log1p(cooc.ravel())])
 
     def dense_history_text(self, history: np.ndarray) -> str:
         """The user's last ten history titles, as the BM25 query of the `bm25_hist` feature."""
@@ -291,6 +327,8 @@ class HybridRanker(Ranker):
             elif f.exists():
                 f.unlink()
         np.savez(path / STATS_FILE, log_pop=self.log_pop_, log_age=self.log_age_, log_price=self.log_price_)
+        sp.save_npz(path / "transitions.npz", self.trans_.tocsr())
+        sp.save_npz(path / "cooccurrence.npz", self.cooc_.tocsr())
         (path / "titles.json").write_text(json.dumps([sorted(t) for t in self.titles_], ensure_ascii=False))
 
     def _load_state(self, path: Path) -> None:
@@ -310,6 +348,8 @@ class HybridRanker(Ranker):
         st = np.load(path / STATS_FILE)
         self.log_pop_, self.log_age_, self.log_price_ = st["log_pop"], st["log_age"], st["log_price"]
         self.titles_ = [set(t) for t in json.loads((path / "titles.json").read_text())]
+        self.trans_ = sp.load_npz(path / "transitions.npz").tocsr()
+        self.cooc_ = sp.load_npz(path / "cooccurrence.npz").tocsr()
 
 
 __all__ = ["REC_FEATURES", "SEARCH_FEATURES", "HybridRanker"]
