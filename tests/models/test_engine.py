@@ -178,6 +178,10 @@ def test_resume_after_a_kill_gives_the_uninterrupted_weights(shop: Dataset, tmp_
     mid = LMRanker(**kw, checkpoint_dir=str(tmp_path / "mid")).fit(shop)
     assert _same(_state(ref), _state(mid))
 
+    kept = LMRanker(**(kw | {"checkpoint_keep_epochs": True}), checkpoint_dir=str(tmp_path / "keep")).fit(shop)
+    assert sorted(p.name for p in (tmp_path / "keep").glob("epoch-*.pt")) == ["epoch-1.pt", "epoch-2.pt"]
+    assert _same(_state(kept), _state(ref))
+
     with pytest.raises(Exception, match="other settings"):
         LMRanker(**(kw | {"batch_size": 2}), checkpoint_dir=str(tmp_path / "mid")).fit(shop)
 
@@ -233,3 +237,15 @@ def test_torchrun_ddp_two_processes_match_one(tmp_path: Path) -> None:
     assert ranks[0]["mrr"] == ranks[1]["mrr"]
     assert ranks[0]["mrr"] >= single["mrr"] - 0.15, (single, ranks)
     assert single["mrr"] > 0.5
+
+
+def test_graded_ndcg_matches_the_evaluation_layer() -> None:
+    from shoprank.evaluation.ranking import search_report
+    from shoprank.models.engine import graded_ndcg
+
+    rng = np.random.default_rng(0)
+    scores = [rng.normal(size=n) for n in (3, 12, 7, 1, 5)]
+    grades = [np.round(rng.uniform(0, 2, size=len(s)), 1) for s in scores]
+    grades[3] = np.zeros(1)  # no positive grade: left out by both
+    want = search_report(scores, grades, ks=(10,), n_bootstrap=0).metrics["ndcg@10"]
+    assert graded_ndcg(scores, grades, 10) == pytest.approx(want, abs=1e-12)

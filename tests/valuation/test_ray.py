@@ -1,8 +1,7 @@
 """Ray backend: a local 2-worker cluster gives the same values as joblib.
 
-Marked slow: starting Ray takes ~14 s on the shared 2-core machine and the test ~23 s in all,
-which would double the time of tests/valuation. Run it with
-`pytest -m slow tests/valuation/test_ray.py`; skipped when ray is not installed.
+Part of `make test` (ray comes with the dev extra): starting Ray takes ~14 s on 2 cores and
+the test ~23 s in all.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ def _data() -> ValuationData:
     return ValuationData(x, y, xv, (xv[:, 0] > 0).astype(int), groups=np.repeat(list("abcd"), 30))
 
 
-@pytest.mark.slow
 def test_ray_matches_joblib(cluster: None) -> None:
     from sklearn.linear_model import LogisticRegression
 

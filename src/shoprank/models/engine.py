@@ -102,10 +102,12 @@ class Checkpointer:
     previous checkpoint intact. `every_steps` > 0 also saves inside an epoch.
     """
 
-    def __init__(self, directory: str | Path | None, *, every_steps: int = 0, enabled: bool = True) -> None:
+    def __init__(self, directory: str | Path | None, *, every_steps: int = 0, enabled: bool = True,
+                 keep_epochs: bool = False) -> None:
         self.dir = Path(directory) if directory else None
         self.every_steps = int(every_steps)
         self.enabled = bool(enabled) and self.dir is not None
+        self.keep_epochs = bool(keep_epochs)  # also keep epoch-N.pt per finished epoch (TracIn reads them)
 
     @property
     def path(self) -> Path | None:
@@ -119,6 +121,11 @@ class Checkpointer:
         tmp = self.path.with_suffix(".tmp")
         torch.save(dict(state), tmp)
         os.replace(tmp, self.path)
+        if self.keep_epochs and int(state.get("step", 0)) == 0 and "epoch" in state:
+            keep = self.dir / f"epoch-{int(state['epoch'])}.pt"
+            tmp2 = keep.with_suffix(".tmp")
+            torch.save(dict(state), tmp2)
+            os.replace(tmp2, keep)
 
     def load(self) -> dict[str, Any] | None:
         if self.path is None or not self.path.exists():

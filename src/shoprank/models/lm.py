@@ -111,6 +111,7 @@ DEFAULTS: dict[str, Any] = {
     # training engine
     "checkpoint_dir": None,  # save the full training state here after every epoch
     "checkpoint_steps": 0,  # ... and every this many optimiser steps (0: epochs only)
+    "checkpoint_keep_epochs": False,  # keep epoch-N.pt for every epoch (TracIn over checkpoints)
     "resume": True,  # continue from checkpoint_dir's checkpoint when one exists
     "log_dir": None,  # TensorBoard event files (loss, lr, validation NDCG@10)
 }
@@ -369,7 +370,8 @@ class LMRanker(Ranker):
         warm = int(float(p["warmup_ratio"]) * total)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: (s + 1) / (warm + 1) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
-        ckpt = Checkpointer(p["checkpoint_dir"], every_steps=int(p["checkpoint_steps"]), enabled=ddp.is_main)
+        ckpt = Checkpointer(p["checkpoint_dir"], every_steps=int(p["checkpoint_steps"]), enabled=ddp.is_main,
+                            keep_epochs=bool(p["checkpoint_keep_epochs"]))
         log = MetricLogger(p["log_dir"], enabled=ddp.is_main)
         run = _Run(tower=tower, strategy=strategy, opt=opt, sched=sched, params=params, rng=rng, ddp=ddp,
                    ckpt=ckpt, log=log, item_texts=item_texts, pairs=pairs, hard=hard, pop=pop)

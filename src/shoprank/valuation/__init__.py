@@ -4,8 +4,12 @@ Composed in the manner of pyDVL: a `Utility` (model x data x scorer, with a cach
 coalition scores), a `Sampler`, a `StoppingCriterion`, and methods that return a
 `ValuationResult` (values, standard errors, counts). Methods are found by name with
 `get_method` ("knn-shapley", "data-oob", "tmc-shapley", "beta-shapley", "msr-banzhaf",
-"loo", "exact-shapley", "exact-banzhaf", "random").
+"loo", "exact-shapley", "exact-banzhaf", "random", "influence", "tracin", "datainf").
+The gradient-based methods (influence, tracin, datainf) import torch, so their names are
+loaded on first use: `import shoprank.valuation` stays light.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from shoprank.valuation.base import Valuation, available_methods, get_method, register_method
 from shoprank.valuation.baselines import RandomValuation
@@ -59,6 +63,8 @@ from shoprank.valuation.utility import (
 )
 
 __all__ = [
+    "Checkpoint", "DataInf", "InfluenceFunction", "LossModel", "ModuleLoss", "TowerLoss", "TracIn",
+    "datainf_values", "influence_values", "inverse_hvp", "load_checkpoints", "lora_datainf", "tracin_values",
     "AbsoluteStandardError", "AntitheticPermutationSampler", "AntitheticUniformSampler", "Backend",
     "BetaShapley", "DataOOB", "ExactBanzhaf", "ExactBetaShapley", "ExactShapley", "FunctionUtility",
     "JoblibBackend", "KNNShapley", "LeaveOneOut", "MSRBanzhaf", "MaxChecks", "MaxTime", "MaxUpdates",
@@ -68,3 +74,29 @@ __all__ = [
     "banzhaf_sizes", "beta_sizes", "exact_semivalue", "get_backend", "get_method", "get_scorer",
     "knn_attribution", "knn_shapley_values", "knn_utility", "ndcg_scorer", "register_method", "shapley_sizes",
 ]
+
+if TYPE_CHECKING:
+    from shoprank.valuation.datainf import DataInf, TowerLoss, datainf_values, lora_datainf
+    from shoprank.valuation.influence import (
+        InfluenceFunction,
+        LossModel,
+        ModuleLoss,
+        influence_values,
+        inverse_hvp,
+    )
+    from shoprank.valuation.tracin import Checkpoint, TracIn, load_checkpoints, tracin_values
+
+_LAZY = {
+    "DataInf": "datainf", "TowerLoss": "datainf", "datainf_values": "datainf", "lora_datainf": "datainf",
+    "InfluenceFunction": "influence", "LossModel": "influence", "ModuleLoss": "influence",
+    "influence_values": "influence", "inverse_hvp": "influence",
+    "Checkpoint": "tracin", "TracIn": "tracin", "load_checkpoints": "tracin", "tracin_values": "tracin",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"shoprank.valuation.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'shoprank.valuation' has no attribute {name!r}")

@@ -12,6 +12,8 @@ from shoprank.errors import NotFittedError, ShoprankError
 from shoprank.valuation.result import ValuationResult
 
 METHODS: dict[str, type[Valuation]] = {}
+# methods whose modules import torch: imported on first use, so listing methods stays light
+LAZY_METHODS: dict[str, str] = {"influence": "influence", "tracin": "tracin", "datainf": "datainf"}
 V = TypeVar("V", bound="type[Valuation]")
 
 
@@ -63,6 +65,10 @@ def register_method(name: str) -> Callable[[V], V]:
 def get_method(name: str, **params: Any) -> Valuation:
     """An unfitted method by registry name with the given settings."""
     _import_builtin()
+    if name not in METHODS and name in LAZY_METHODS:
+        import importlib
+
+        importlib.import_module(f"shoprank.valuation.{LAZY_METHODS[name]}")
     try:
         cls = METHODS[name]
     except KeyError:
@@ -75,7 +81,7 @@ def get_method(name: str, **params: Any) -> Valuation:
 
 def available_methods() -> list[str]:
     _import_builtin()
-    return sorted(METHODS)
+    return sorted(set(METHODS) | set(LAZY_METHODS))
 
 
 def _import_builtin() -> None:
