@@ -139,41 +139,35 @@ def test_resume_after_a_kill_gives_the_uninterrupted_weights(shop: Dataset, tmp_
           "field_shuffle": 0.5, "checkpoint_steps": 1, **FAST}
     ref = LMRanker(**kw, checkpoint_dir=str(tmp_path / "ref")).fit(shop)
 
-    calls = {"n": 0}
     real = LMRanker._batch_loss
 
-    def dying(self: LMRanker, *a: object, **k: object) -> torch.Tensor:
-        calls["n"] += 1
-        if calls["n"] == 3:  # epoch 2 (2 batches per epoch), after a step checkpoint in epoch 1
-            raise _Killed
-        return real(self, *a, **k)  # type: ignore[arg-type]
+    def killed_at(call: int, folder: str) -> dict[str, object]:
+        """Run until the `call`-th batch raises (a kill), then return the checkpoint left."""
+        calls = {"n": 0}
 
-    monkeypatch.setattr(LMRanker, "_batch_loss", dying)
-    with pytest.raises(_Killed):
-        LMRanker(**kw, checkpoint_dir=str(tmp_path / "run")).fit(shop)
-    monkeypatch.setattr(LMRanker, "_batch_loss", real)
-    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+        def dying(self: LMRanker, *a: object, **k: object) -> torch.Tensor:
+            calls["n"] += 1
+            if calls["n"] == call:
+                raise _Killed
+            return real(self, *a, **k)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(LMRanker, "_batch_loss", dying)
+        with pytest.raises(_Killed):
+            LMRanker(**kw, checkpoint_dir=str(tmp_path / folder)).fit(shop)
+        monkeypatch.setattr(LMRanker, "_batch_loss", real)
+        out: dict[str, object] = torch.load(tmp_path / folder / "checkpoint.pt", weights_only=False)
+        return out
+
+    # killed in epoch 2 (2 batches per epoch): the end-of-epoch-1 checkpoint is what is left
+    ck = killed_at(3, "run")
     assert (ck["epoch"], ck["step"]) == (1, 0)
-
     resumed = LMRanker(**kw, checkpoint_dir=str(tmp_path / "run")).fit(shop)
     assert _same(_state(ref), _state(resumed))
     assert [h["epoch"] for h in resumed.history_] == [h["epoch"] for h in ref.history_]
     np.testing.assert_allclose(resumed.item_emb_, ref.item_emb_, atol=1e-6)
 
     # a mid-epoch checkpoint (step 1 of epoch 1) resumes exactly too
-    calls["n"] = 0
-
-    def dying_mid(self: LMRanker, *a: object, **k: object) -> torch.Tensor:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise _Killed
-        return real(self, *a, **k)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(LMRanker, "_batch_loss", dying_mid)
-    with pytest.raises(_Killed):
-        LMRanker(**kw, checkpoint_dir=str(tmp_path / "mid")).fit(shop)
-    monkeypatch.setattr(LMRanker, "_batch_loss", real)
-    ck = torch.load(tmp_path / "mid" / "checkpoint.pt", weights_only=False)
+    ck = killed_at(2, "mid")
     assert (ck["epoch"], ck["step"]) == (1, 1)
     mid = LMRanker(**kw, checkpoint_dir=str(tmp_path / "mid")).fit(shop)
     assert _same(_state(ref), _state(mid))
