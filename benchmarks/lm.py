@@ -160,7 +160,7 @@ def amazon(epochs: int) -> str:
     t1 = time.perf_counter()
     bm = BM25Ranker().fit(split.train)
     hyb = HybridRanker.from_models(lm, bm, split.train, split.valid, fusion="ltr", n_candidates=100)
-    models.append(("hybrid: lm + LambdaRank re-ranker (pop, recency, BM25)", hyb, fit_s + time.perf_counter() - t1))
+    models.append(("hybrid: lm + LambdaRank re-ranker (pop, recency, price, BM25, transitions)", hyb, fit_s + time.perf_counter() - t1))
     for name, m, secs in models:
         r = evaluate_model(m, split, "recommend", n_bootstrap=1000, progress=False)
         met, cold = r["metrics"], r["slices"]["cold_start"]
