@@ -272,6 +272,7 @@ def serve(
     cache_dir: Annotated[Path | None, typer.Option(help="embedding cache folder")] = None,
     reports_dir: Annotated[Path | None, typer.Option(help="valuation report folder for the dashboard")] = None,
     hnsw_threshold: Annotated[int, typer.Option(help="exact vector index up to this many items, HNSW beyond")] = 200_000,
+    access_log: Annotated[bool, typer.Option(help="log every request (uvicorn access log)")] = True,
 ) -> None:
     """Serve search, recommendations, events and the web page over HTTP (FastAPI + uvicorn)."""
     from shoprank.serving.server import run
@@ -279,7 +280,7 @@ def serve(
 
     settings = Settings(model_dir=model, data_dir=data, store_url=store, api_key=api_key, encoder=encoder,
                         cache_dir=cache_dir, reports_dir=reports_dir, hnsw_threshold=hnsw_threshold)
-    run(settings, host=host, port=port, workers=workers)
+    run(settings, host=host, port=port, workers=workers, access_log=access_log)
 
 
 @app.command()

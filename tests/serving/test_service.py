@@ -1,0 +1,99 @@
+"""Service internals without HTTP: the vector index (exact and HNSW, delta, filters), a model
+without vectors (BM25 + popularity only), and background compaction."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shoprank.data.dataset import Dataset
+from shoprank.serving.service import Service
+from shoprank.serving.vectors import VectorIndex
+from tests.serving.conftest import make_settings
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_flat_and_hnsw_agree_with_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    v = _unit(rng.normal(size=(500, 16)))
+    q = _unit(rng.normal(size=(1, 16)))[0]
+    want = np.argsort(-(v @ q))[:10]
+    flat = VectorIndex.build(v, hnsw_threshold=10_000)
+    hnsw = VectorIndex.build(v, hnsw_threshold=100)
+    assert flat.kind == "flat" and hnsw.kind == "hnsw"
+    assert flat.search(q, 10)[0].tolist() == want.tolist()
+    assert len(set(hnsw.search(q, 10)[0].tolist()) & set(want.tolist())) >= 9
+    # appended vectors are searched too; masks restrict the result
+    extra = _unit(np.vstack([q, -q]))
+    both = hnsw.with_added(extra)
+    assert both.n == 502 and both.search(q, 1)[0].tolist() == [500]
+    allowed = np.zeros(502, bool)
+    allowed[[3, 7, 501]] = True
+    assert set(both.search(q, 5, allowed)[0].tolist()) == {3, 7, 501}
+    big_mask = np.ones(502, bool)
+    big_mask[500] = False  # many allowed: the faiss path with oversampling
+    got = both.search(q, 5, big_mask, exact_below=10)[0]
+    assert 500 not in got and len(got) == 5
+    np.testing.assert_allclose(both.vectors([2, 501]), np.vstack([v[2], -q]))
+
+
+def test_service_without_vectors_and_compaction(shop: tuple[Dataset, Path], pop_dir: Path, emb_cache: Path,
+                                                tmp_path: Path) -> None:
+    s = make_settings(pop_dir, shop[1], tmp_path, emb_cache, encoder="none", compact_after=3)
+    svc = Service(s)
+    svc.start(poll=False)
+    try:
+        assert svc.snap.vindex is None and svc.info()["dense"] is False
+        r = svc.search("standing desk", 3)
+        assert r["items"] and all(i["dense_rank"] is None for i in r["items"])
+        assert svc.recommend("someone", 3)["strategy"] == "popular"
+        sim = svc.similar(r["items"][0]["item_id"], 3)
+        assert sim["method"] == "bm25" and sim["items"]
+        names = ["alpha", "bravo", "charlie", "delta", "echo"]
+        for k, name in enumerate(names):
+            svc.add_items([{"item_id": f"c{k}", "title": f"Compaction Widget {name}"}])
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and svc.snap.text.segments[0].n_docs == 200:
+            time.sleep(0.05)
+        assert svc.snap.text.segments[0].n_docs >= 203  # the delta was merged into the base
+        hits = svc.search("compaction widget echo", 5)["items"]
+        assert hits[0]["item_id"] == "c4" and {h["item_id"] for h in hits} == {f"c{k}" for k in range(5)}
+        # the items and their versions survive a restart (replayed from the store)
+        svc.add_items([{"item_id": "c1", "title": "Renamed Gizmo"}])
+    finally:
+        svc.stop()
+    again = Service(s)
+    again.start(poll=False)
+    try:
+        assert again.search("renamed gizmo", 1)["items"][0]["item_id"] == "c1"
+        assert "c1" not in [i["item_id"] for i in again.search("compaction widget", 10)["items"]]
+    finally:
+        again.stop()
+
+
+def test_settings_travel_through_the_environment(tmp_path: Path) -> None:
+    from shoprank.serving.settings import ENV_JSON, Settings
+
+    s = Settings(model_dir=tmp_path / "m", data_dir=tmp_path / "d", api_key="k", max_k=7, cache_dir=tmp_path)
+    back = Settings.from_env({ENV_JSON: s.to_json()})
+    assert back == s and back.resolved_store_url.startswith("sqlite:///")
+    plain = Settings.from_env({"SHOPRANK_MODEL_DIR": "m", "SHOPRANK_DATA_DIR": "d", "SHOPRANK_MAX_K": "5"})
+    assert plain.max_k == 5 and plain.model_dir == Path("m")
+
+
+def test_serve_command_fails_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoprank.cli import main
+
+    monkeypatch.setattr("sys.argv", ["shoprank", "serve", "--model", str(tmp_path / "nope"), "--data", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "not a saved model" in err and len(err.splitlines()) == 1
