@@ -318,3 +318,13 @@ def test_random_ranker_is_deterministic_and_order_free(tiny_frames):
     q = m.score_query_items(["hat"], [np.array([3, 1])])[0]
     assert q[0] == m.score_query_items(["hat"], [np.array([3])])[0][0]
     assert not np.array_equal(full, get_model_class("random")(seed=4).fit(ds).score_users(ub))
+
+
+def test_a_baseline_loads_without_importing_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from shoprank.models.base import get_model_class; get_model_class('popularity'); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-500:]

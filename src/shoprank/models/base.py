@@ -66,19 +66,25 @@ def register(name: str) -> Callable[[R], R]:
     return deco
 
 
+BUILTIN_MODULES = ("baselines", "sasrec", "dense", "lm", "lmclick", "hybrid")
+
+
 def get_model_class(name: str) -> type[Ranker]:
-    _import_builtin_models()
-    try:
-        return MODEL_REGISTRY[name]
-    except KeyError:
-        raise ShoprankError(f"unknown model {name!r}; available: {sorted(MODEL_REGISTRY)}") from None
+    # modules are imported one by one until the name is registered: loading a baseline never
+    # pays for importing torch and transformers
+    for mod in (None, *BUILTIN_MODULES):
+        if mod is not None:
+            _import_builtin_models((mod,))
+        if name in MODEL_REGISTRY:
+            return MODEL_REGISTRY[name]
+    raise ShoprankError(f"unknown model {name!r}; available: {sorted(MODEL_REGISTRY)}") from None
 
 
-def _import_builtin_models() -> None:
+def _import_builtin_models(modules: tuple[str, ...] = BUILTIN_MODULES) -> None:
     # Importing registers them; kept lazy so `import shoprank` stays cheap.
     import importlib
 
-    for mod in ("baselines", "sasrec", "dense", "lm", "lmclick", "hybrid"):
+    for mod in modules:
         try:
             importlib.import_module(f"shoprank.models.{mod}")
         except ModuleNotFoundError as e:  # only our own module may be absent
