@@ -150,7 +150,11 @@ def trainable(inter: pd.DataFrame) -> pd.DataFrame:
     return inter
 
 
-def positive_mask(inter: pd.DataFrame, min_event: str = "click", label_threshold: float = 0.5) -> pd.Series:
+# explicit labels at or below this are dislikes (TALLRec-style binary ratings: 1 like, 0 dislike)
+LIKED = 0.5
+
+
+def positive_mask(inter: pd.DataFrame, min_event: str = "click", label_threshold: float = LIKED) -> pd.Series:
     """Which rows are positive feedback: events at or above `min_event` in the funnel, or
     explicit labels above the threshold."""
     strength = inter[Col.EVENT].map(EVENT_STRENGTH).astype("float64")

@@ -30,6 +30,7 @@ import scipy.sparse as sp
 from shoprank.data.dataset import Dataset
 from shoprank.data.schema import Col
 from shoprank.data.splits import (
+    LIKED,
     click_rows,
     histories_for,
     interaction_matrix,
@@ -42,7 +43,6 @@ from shoprank.errors import ShoprankError
 from shoprank.models.base import Ranker, UserBatch, register, top_k
 
 RECOMMEND = frozenset({"recommend", "click"})  # click comes free through `Ranker.score`
-LIKED = 0.5  # history labels at or below this are dislikes
 
 
 # -- shared helpers ---------------------------------------------------------------------

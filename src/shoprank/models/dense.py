@@ -16,11 +16,10 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from shoprank.data.dataset import Dataset
+from shoprank.data.splits import LIKED
 from shoprank.models.base import Ranker, UserBatch, register, top_k
 from shoprank.text.encoder import EncoderConfig, TextEncoder
 from shoprank.text.render import render_items, render_query
-
-LIKED = 0.5
 
 
 @register("dense")

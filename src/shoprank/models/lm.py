@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from shoprank.data.dataset import Dataset
 from shoprank.data.schema import Col
 from shoprank.data.splits import (
+    LIKED,
     histories_for,
     item_popularity,
     positive_mask,
@@ -59,6 +60,8 @@ from shoprank.models.engine import (
     set_rng_state,
 )
 from shoprank.models.tuning import (
+    EMB_FILE,
+    WEIGHTS_FILE,
     TextTower,
     Tuning,
     TuningConfig,
@@ -68,11 +71,8 @@ from shoprank.models.tuning import (
 )
 from shoprank.text.render import render_items, render_query, shuffle_fields
 
-WEIGHTS_FILE = "trainable.safetensors"
-EMB_FILE = "item_embeddings.npy"
 FALLBACK_FILE = "fallback.npy"
 TITLES_FILE = "titles.json"
-LIKED = 0.5
 
 DEFAULTS: dict[str, Any] = {
     "encoder": "minilm",

@@ -38,10 +38,12 @@ from tqdm.auto import tqdm
 
 from shoprank.data.dataset import Dataset
 from shoprank.data.schema import Col
-from shoprank.data.splits import click_rows, histories_for
+from shoprank.data.splits import LIKED, click_rows, histories_for
 from shoprank.errors import ShoprankError
 from shoprank.models.base import Ranker, UserBatch, register
 from shoprank.models.tuning import (
+    EMB_FILE,
+    WEIGHTS_FILE,
     TextTower,
     Tuning,
     TuningConfig,
@@ -51,10 +53,7 @@ from shoprank.models.tuning import (
 )
 from shoprank.text.render import render_items
 
-WEIGHTS_FILE = "trainable.safetensors"
-EMB_FILE = "item_embeddings.npy"
 TEXTS_FILE = "texts.json"
-LIKED = 0.5
 REPRS = ("pooled", "text")
 
 DEFAULTS: dict[str, Any] = {

@@ -40,6 +40,9 @@ from torch import nn
 from shoprank.errors import ShoprankError
 from shoprank.text.encoder import load_pretrained, pool
 
+# files every fine-tuned ranker writes: the weights that trained, and its catalog vectors
+WEIGHTS_FILE = "trainable.safetensors"
+EMB_FILE = "item_embeddings.npy"
 # strategies that fit this design but are not written yet (named in error messages)
 PLANNED: tuple[str, ...] = ()
 DROPOUT_ATTRS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
@@ -730,6 +733,7 @@ class FullTuning(Tuning):
 
 
 __all__ = [
+    "EMB_FILE",
     "PLANNED",
     "TUNING_REGISTRY",
     "AdaLoraTuningConfig",
@@ -744,6 +748,7 @@ __all__ = [
     "TopKConfig",
     "Tuning",
     "TuningConfig",
+    "WEIGHTS_FILE",
     "get_tuning",
     "load_backbone",
     "register_tuning",
