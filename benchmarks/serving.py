@@ -118,19 +118,22 @@ class Server:
 
 
 def _load_worker(url: str, n_threads: int, n_requests: int, queries: list[str], users: list[str], seed: int,
-                 q: Any) -> None:
-    """One client process: n_threads keep-alive clients; returns (kind, seconds, status) rows."""
+                 rate: float | None, q: Any) -> None:
+    """One client process: n_threads keep-alive clients; returns (kind, client s, server s, status) rows.
+    `rate` (requests/s per client thread): paced on a fixed schedule (open loop, latency counted
+    from the scheduled send time, so a slow server cannot hide its backlog); None = closed loop."""
     import httpx
 
-    rows: list[tuple[str, float, int]] = []
+    rows: list[tuple[str, float, float, int]] = []
     lock = threading.Lock()
     per = n_requests // n_threads
 
     def run(t: int) -> None:
         rng = np.random.default_rng(seed * 1000 + t)
         out = []
+        start = time.perf_counter() + rng.random() * (1.0 / rate if rate else 0.0)
         with httpx.Client(base_url=url, timeout=30) as c:
-            for _ in range(per):
+            for j in range(per):
                 if rng.random() < 0.5:
                     kind, path = "search", "/v1/search"
                     params = {"q": queries[int(rng.integers(len(queries)))], "k": "10"}
@@ -138,12 +141,24 @@ def _load_worker(url: str, n_threads: int, n_requests: int, queries: list[str], 
                     kind, path = "recommend", "/v1/recommend"
                     u = users[int(rng.integers(len(users)))] if rng.random() < 0.9 else f"new-{rng.integers(1e9)}"
                     params = {"user_id": u, "k": "10"}
-                t0 = time.perf_counter()
+                if rate:
+                    due = start + j / rate
+                    wait = due - time.perf_counter()
+                    if wait > 0:
+                        time.sleep(wait)
+                    t0 = due
+                else:
+                    t0 = time.perf_counter()
+                server = float("nan")
                 try:
-                    code = c.get(path, params=params).status_code
+                    r = c.get(path, params=params)
+                    code = r.status_code
+                    st = r.headers.get("server-timing", "")
+                    if st.startswith("app;dur="):
+                        server = float(st[8:]) / 1000
                 except httpx.HTTPError:
                     code = -1
-                out.append((kind, time.perf_counter() - t0, code))
+                out.append((kind, time.perf_counter() - t0, server, code))
         with lock:
             rows.extend(out)
 
@@ -155,12 +170,16 @@ def _load_worker(url: str, n_threads: int, n_requests: int, queries: list[str], 
     q.put(rows)
 
 
-def load_test(url: str, clients: int, requests: int, queries: list[str], users: list[str]) -> dict[str, Any]:
+def load_test(url: str, clients: int, requests: int, queries: list[str], users: list[str],
+              rate: float | None = None) -> dict[str, Any]:
+    """`rate`: total requests/s over all clients (paced), None = as fast as the server answers."""
     procs_n = min(4, clients)
+    per_client = None if rate is None else rate / clients
     q: Any = mp.get_context("fork").Queue()
     t0 = time.perf_counter()
     procs = [mp.get_context("fork").Process(target=_load_worker, args=(url, clients // procs_n, requests // procs_n,
-                                                                        queries, users, p, q)) for p in range(procs_n)]
+                                                                        queries, users, p, per_client, q))
+             for p in range(procs_n)]
     for p in procs:
         p.start()
     rows = [r for _ in procs for r in q.get()]
@@ -168,12 +187,15 @@ def load_test(url: str, clients: int, requests: int, queries: list[str], users: 
     for p in procs:
         p.join()
     out: dict[str, Any] = {"requests": len(rows), "seconds": round(wall, 1), "rps": round(len(rows) / wall, 1),
-                           "errors": sum(1 for r in rows if r[2] != 200)}
+                           "errors": sum(1 for r in rows if r[3] != 200), "rate": rate}
     for kind in ("search", "recommend"):
         lat = np.array([r[1] for r in rows if r[0] == kind]) * 1000
+        srv = np.array([r[2] for r in rows if r[0] == kind and r[2] == r[2]]) * 1000
         out[kind] = {"n": int(len(lat)), "p50_ms": round(float(np.percentile(lat, 50)), 1),
                      "p99_ms": round(float(np.percentile(lat, 99)), 1),
-                     "errors": sum(1 for r in rows if r[0] == kind and r[2] != 200)}
+                     "server_p50_ms": round(float(np.percentile(srv, 50)), 1) if len(srv) else None,
+                     "server_p99_ms": round(float(np.percentile(srv, 99)), 1) if len(srv) else None,
+                     "errors": sum(1 for r in rows if r[0] == kind and r[3] != 200)}
     return out
 
 
@@ -221,6 +243,27 @@ def post_events(url: str, n_items: int, batches: list[tuple[int, int]], clients:
     return sorted(failed) + sorted(todo)
 
 
+def index_recall(mdir: Path, hnsw_threshold: int, cache_dir: Path, n: int = 500) -> dict[str, Any]:
+    """Recall@10 of the serving index against exact search, for queries that are item vectors
+    (similar items) and mixtures of 5 items (user profiles); builds (and caches) the same index
+    the server loads."""
+    from shoprank.models.base import load_model
+    from shoprank.serving.vectors import VectorIndex, model_item_vectors
+
+    m = load_model(mdir)
+    v = model_item_vectors(m, int(m.n_items_))  # type: ignore[attr-defined]
+    assert v is not None
+    t0 = time.perf_counter()
+    idx = VectorIndex.build(v, hnsw_threshold=hnsw_threshold, cache_dir=cache_dir)
+    build_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    items = v[rng.choice(len(v), n, replace=False)]
+    mix = v[rng.choice(len(v), (n, 5))].mean(1)
+    mix /= np.linalg.norm(mix, axis=1, keepdims=True)
+    return {"kind": idx.kind, "build_or_load_s": round(build_s, 1), "item_queries": round(idx.recall(items), 4),
+            "profile_queries": round(idx.recall(mix), 4)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=100_000)
@@ -234,6 +277,9 @@ def main() -> None:
     ap.add_argument("--hnsw-threshold", type=int, default=200_000, help="exact index up to this many items")
     ap.add_argument("--random-vectors", action="store_true",
                     help="dense model with random item vectors (skips embedding the catalog; latency only)")
+    ap.add_argument("--paced-requests", type=int, default=6000,
+                    help="then this many requests paced at --paced-share of the measured throughput (0: skip)")
+    ap.add_argument("--paced-share", type=float, default=0.5)
     ap.add_argument("--no-record", action="store_true")
     a = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -241,6 +287,8 @@ def main() -> None:
     t_prep = time.perf_counter()
     data, mdir, queries, users = prepare(a.items, a.events, a.model, a.random_vectors)
     prep_s = time.perf_counter() - t_prep
+    recall = index_recall(mdir, a.hnsw_threshold, OUT / "emb-cache") if a.model in ("dense", "lm") else None
+    print(f"index recall@10 vs exact: {recall}", flush=True)
     store_path = OUT / f"serving-store-{os.getpid()}.sqlite"
     args = ["--model", str(mdir), "--data", str(data), "--workers", str(a.workers), "--store",
             f"sqlite:///{store_path}", "--encoder", a.encoder, "--cache-dir", str(OUT / "emb-cache"),
@@ -252,6 +300,11 @@ def main() -> None:
         print(f"server ready in {start_s:.0f}s", flush=True)
         load = load_test(srv.url, a.clients, a.requests, queries, users)
         print(json.dumps(load), flush=True)
+        paced = None
+        if a.paced_requests:
+            rate = round(load["rps"] * a.paced_share, 1)
+            paced = load_test(srv.url, a.clients, a.paced_requests, queries, users, rate=rate)
+            print(json.dumps(paced), flush=True)
         acked: list[tuple[int, str, str]] = []
         t0 = time.perf_counter()
         batches = [(s, min(s + 50, a.post_events)) for s in range(0, a.post_events, 50)]
@@ -284,27 +337,47 @@ def main() -> None:
         p.unlink(missing_ok=True)
     if a.no_record:
         return
-    rows = [{"endpoint": k, "requests": load[k]["n"], "p50 ms": load[k]["p50_ms"], "p99 ms": load[k]["p99_ms"],
-             "errors": load[k]["errors"]} for k in ("search", "recommend")]
+    def table(res: dict[str, Any]) -> str:
+        rows = [{"endpoint": k, "requests": res[k]["n"], "client p50 ms": res[k]["p50_ms"],
+                 "client p99 ms": res[k]["p99_ms"], "server p50 ms": res[k]["server_p50_ms"],
+                 "server p99 ms": res[k]["server_p99_ms"], "errors": res[k]["errors"]} for k in ("search", "recommend")]
+        return md_table(rows, ["endpoint", "requests", "client p50 ms", "client p99 ms", "server p50 ms",
+                               "server p99 ms", "errors"])
+
     vec = (" with RANDOM item vectors (--random-vectors: measures latency only; queries and posted items "
            "are embedded by the real MiniLM encoder)") if a.random_vectors else ""
-    body = (f"Shop: {a.items:,} items, {a.events:,} history events, model `{a.model}`{vec} (encoder for other "
-            f"models: `{a.encoder}`), vector index {'HNSW' if a.items > a.hnsw_threshold else 'exact (IndexFlatIP)'}; `shoprank serve --workers {a.workers}`, SQLite store (WAL, synchronous=FULL); "
-            f"{a.clients} concurrent keep-alive clients in 4 processes on the same 2 cores; "
-            f"{load['requests']:,} requests, half search, half recommend (10% unknown users).\n\n"
-            + md_table(rows, ["endpoint", "requests", "p50 ms", "p99 ms", "errors"])
-            + f"\n\n- throughput: {load['rps']} requests/s over {load['seconds']} s; errors: {load['errors']}"
-            f"\n- start-up (both workers ready): {start_s:.0f} s; data + model preparation: {prep_s:.0f} s"
-            f"\n- events: {ev['posted']:,} posted in batches of 50 by {a.clients} clients; server killed with "
-            f"SIGKILL (whole process group) after {ev['acked_before_kill']:,} acknowledged, restarted "
-            f"({ev['restart_s']} s), the unacknowledged batches resent and the rest posted: "
-            f"{ev['acknowledged']:,} acknowledged, {ev['in_store']:,} rows in the store (every event carries an "
-            f"`event_id`, so a batch committed but not acknowledged before the kill is not stored twice when resent), "
-            f"{ev['acknowledged_but_missing']} acknowledged but missing from the store; "
-            f"{ev['events_per_s']} events/s\n"
-            f"- targets (issue 5): p99 < 50 ms search, < 20 ms recommend, zero errors.\n"
-            f"- machine load (1-minute load average) before / after the run: {load_before} / {os.getloadavg()[0]:.1f} "
-            f"(other jobs share these 2 cores)")
+    kind = "HNSW (M=32, efSearch=128)" if a.items > a.hnsw_threshold else "exact (IndexFlatIP)"
+    rec = "" if recall is None else (
+        f" Index recall@10 against exact search: {recall['item_queries']} (item-vector queries), "
+        f"{recall['profile_queries']} (mean of 5 items, like a user profile); index built or loaded from the "
+        f"cache in {recall['build_or_load_s']} s.")
+    cmd = "python benchmarks/serving.py " + " ".join(sys.argv[1:])
+    body = (f"`{cmd}`\n\nShop: {a.items:,} items, {a.events:,} history events, model `{a.model}`{vec} (encoder for "
+            f"other models: `{a.encoder}`), vector index {kind} (`--hnsw-threshold {a.hnsw_threshold}`).{rec} "
+            f"`shoprank serve --workers {a.workers}`, SQLite store (WAL, synchronous=FULL); {a.clients} concurrent "
+            f"keep-alive clients (threads in 4 processes on the same 2 cores as the server); half search (queries "
+            f"from the shop's query log), half recommend (10% unknown users). Client latency is measured by the "
+            f"client (queueing included); server latency is the app's own `Server-Timing` header (time inside "
+            f"the server process, from the request's arrival in the app to its response).\n\n"
+            f"**Closed loop** (each client sends its next request when the last is answered, i.e. the server is "
+            f"saturated): {load['requests']:,} requests, {load['rps']} requests/s over {load['seconds']} s, "
+            f"errors: {load['errors']}\n\n" + table(load))
+    if paced is not None:
+        body += (f"\n\n**Paced** (open loop at {paced['rate']} requests/s = {a.paced_share:.0%} of the closed-loop "
+                 f"throughput, spread over the {a.clients} clients; latency from each request's scheduled send "
+                 f"time): {paced['requests']:,} requests, {paced['rps']} requests/s, errors: {paced['errors']}\n\n"
+                 + table(paced))
+    body += (f"\n\n- start-up (both workers ready): {start_s:.0f} s; data + model preparation: {prep_s:.0f} s"
+             f"\n- events: {ev['posted']:,} posted in batches of 50 by {a.clients} clients; server killed with "
+             f"SIGKILL (whole process group) after {ev['acked_before_kill']:,} acknowledged, restarted "
+             f"({ev['restart_s']} s), the unacknowledged batches resent and the rest posted: "
+             f"{ev['acknowledged']:,} acknowledged, {ev['in_store']:,} rows in the store (every event carries an "
+             f"`event_id`, so a batch committed but not acknowledged before the kill is not stored twice when "
+             f"resent), **{ev['acknowledged_but_missing']} acknowledged but missing** from the store; "
+             f"{ev['events_per_s']} events/s\n"
+             f"- targets (issue 5): p99 < 50 ms search, < 20 ms recommend, zero errors.\n"
+             f"- machine load (1-minute load average) before / after the run: {load_before} / "
+             f"{os.getloadavg()[0]:.1f}")
     record("Serving: latency, throughput and kill -9 durability (benchmarks/serving.py)", body)
 
 

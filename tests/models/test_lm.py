@@ -193,3 +193,34 @@ def test_strategy_errors_are_clear() -> None:
         LMRanker(learning_rate=1.0)
     m = LMRanker(tuning=TopKConfig(k=1))
     assert m.params["tuning"] == "top_k" and m.params["tuning_config"]["k"] == 1
+
+
+def test_record_weights_reach_the_training_pairs(shop: Dataset) -> None:
+    """Value-aware retraining: an event's `weight` scales its pair's loss; weight 0 removes it as a
+    target while it stays in the later histories."""
+    inter = shop.interactions.copy()
+    inter["weight"] = 1.0
+    inter.loc[(inter["user_id"] == "u0") & (inter["item_id"] == "i1"), "weight"] = 0.0
+    inter.loc[(inter["user_id"] == "u1") & (inter["item_id"] == "i4"), "weight"] = 0.25
+    ds = shop.with_tables(interactions=inter)
+    m = LMRanker(tuning="head", **FAST)
+    m.titles_ = list(TITLES)
+    plain, weighted = m.rec_pairs(shop), m.rec_pairs(ds)
+    assert len(plain) == 8 * 3 and len(weighted) == 8 * 3 - 1
+    got = dict(zip(zip(weighted.query, weighted.item.tolist(), strict=True), weighted.weight.tolist(), strict=True))
+    assert ("running shoes", 1) not in got  # u0's i1 has weight 0
+    assert got[("leather hiking boots ; running shoes", 2)] == 1.0  # ... but stays in u0's history
+    assert got[("green tea leaves ; espresso coffee beans", 4)] == 0.25
+    j = shop.judgments.assign(weight=[0.0] + [1.0] * (len(shop.judgments) - 1))
+    sp = m.search_pairs(shop.with_tables(judgments=j))
+    assert len(sp) == len(shop.judgments) - 1 and "kicks" not in sp.query
+
+
+def test_negative_weights_are_rejected_with_the_row() -> None:
+    from shoprank.data.schema import INTERACTIONS
+    from shoprank.data.validate import validate_table
+
+    df = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["i0", "i1"], "event": ["click", "click"],
+                       "timestamp": [1, 2], "weight": [1.0, -0.5]})
+    with pytest.raises(ShoprankError, match=r"weight.*negative|negative.*weight"):
+        validate_table(df, INTERACTIONS, file="events.csv")

@@ -115,6 +115,7 @@ def test_no_stack_trace_reaches_the_client(client: TestClient, dense_service: Se
         app.dependency_overrides.clear()  # type: ignore[attr-defined]
     assert r.status_code == 500 and r.json() == {"error": "internal server error", "request_id": "req-42"}
     assert "secret" not in r.text and "Traceback" not in r.text and r.headers["x-request-id"] == "req-42"
+    assert r.headers["server-timing"].startswith("app;dur=")
     assert 'shoprank_errors_total{route="/v1/search"}' in client.get("/metrics").text
 
 

@@ -19,6 +19,24 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+def test_hnsw_graph_is_cached_on_disk_and_reloaded(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    v = _unit(rng.normal(size=(400, 16)))
+    q = _unit(rng.normal(size=(20, 16)))
+    a = VectorIndex.build(v, hnsw_threshold=100, cache_dir=tmp_path)
+    files = list(tmp_path.glob("hnsw-*.faiss"))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    b = VectorIndex.build(v, hnsw_threshold=100, cache_dir=tmp_path)  # loaded, not rebuilt
+    assert files[0].stat().st_mtime_ns == stamp and len(list(tmp_path.glob("hnsw-*.faiss"))) == 1
+    for qq in q:
+        assert a.search(qq, 10)[0].tolist() == b.search(qq, 10)[0].tolist()
+    assert b.recall(q, 10) >= 0.9 and VectorIndex.build(v, hnsw_threshold=10_000).recall(q, 10) == 1.0
+    # other vectors: another file
+    VectorIndex.build(v[::-1].copy(), hnsw_threshold=100, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("hnsw-*.faiss"))) == 2
+
+
 def test_flat_and_hnsw_agree_with_brute_force() -> None:
     rng = np.random.default_rng(0)
     v = _unit(rng.normal(size=(500, 16)))
@@ -97,3 +115,51 @@ def test_serve_command_fails_in_one_line(tmp_path: Path, capsys: pytest.CaptureF
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "not a saved model" in err and len(err.splitlines()) == 1
+
+
+def test_concurrent_queries_are_encoded_in_batches_and_errors_reach_every_waiter() -> None:
+    import threading
+
+    from shoprank.serving.vectors import VectorSpace
+
+    calls: list[list[str]] = []
+
+    def encode(qs: list[str]) -> np.ndarray:
+        calls.append(list(qs))
+        time.sleep(0.05)  # a slow forward pass: the others queue up meanwhile
+        if any("boom" in q for q in qs):
+            raise RuntimeError("encoder failed")
+        return np.array([[len(q), 1.0] for q in qs], np.float32)
+
+    space = VectorSpace("t", encode, encode)
+    out: dict[str, np.ndarray] = {}
+    words = [f"q{'x' * i}" for i in range(24)]
+    threads = [threading.Thread(target=lambda w=w: out.__setitem__(w, space.query_vector(w))) for w in words]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert sorted(out) == sorted(words)
+    for w, v in out.items():  # each caller got its own row
+        want = np.array([len(w), 1.0], np.float32)
+        np.testing.assert_allclose(v, want / np.linalg.norm(want), rtol=1e-6)
+    assert len(calls) < len(words) and sum(len(c) for c in calls) == len(words)
+    assert space.query_vector(words[3]) is out[words[3]] and len(calls) <= len(words) - 1  # cached
+    errors: list[BaseException] = []
+
+    def bad(w: str) -> None:
+        try:
+            space.query_vector(w)
+        except RuntimeError as e:
+            errors.append(e)
+
+    good: dict[str, np.ndarray] = {}
+    ts = [threading.Thread(target=bad, args=(f"boom{i}",)) for i in range(6)]
+    ts += [threading.Thread(target=lambda i=i: good.__setitem__(i, space.query_vector(f"ok{i}"))) for i in range(6)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=10)
+    # a failing query fails alone, never the good queries batched with it, and nobody hangs
+    assert len(errors) == 6 and len(good) == 6 and not any(t.is_alive() for t in ts)
+    assert space.query_vector("fine again").shape == (2,)  # the lead was handed back

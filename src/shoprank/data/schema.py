@@ -32,6 +32,7 @@ class Col:
     QUERY = "query"
     COST = "cost"
     SPLIT = "split"  # optional predefined split from the source data (see Split below)
+    WEIGHT = "weight"  # optional training weight of a record (>= 0; missing = 1), e.g. from valuation
 
     GRADE = "grade"
     LABELER = "labeler"
@@ -130,6 +131,7 @@ INTERACTIONS = TableSpec(
         ColumnSpec(Col.QUERY, STR, required=False, nullable=True),
         ColumnSpec(Col.COST, FLOAT, required=False, nullable=True),
         ColumnSpec(Col.SPLIT, STR, required=False, nullable=True),
+        ColumnSpec(Col.WEIGHT, FLOAT, required=False, nullable=True),
     ),
 )
 
@@ -143,6 +145,7 @@ JUDGMENTS = TableSpec(
         ColumnSpec(Col.TIMESTAMP, TIME, required=False, nullable=True),
         ColumnSpec(Col.COST, FLOAT, required=False, nullable=True),
         ColumnSpec(Col.SPLIT, STR, required=False, nullable=True),
+        ColumnSpec(Col.WEIGHT, FLOAT, required=False, nullable=True),
     ),
 )
 

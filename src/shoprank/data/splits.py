@@ -184,16 +184,36 @@ def interaction_matrix(ds: Dataset, *, users: pd.Index | None = None, positives_
 
 def user_sequences(ds: Dataset, *, positives_only: bool = True, seed: int = 0) -> dict[str, np.ndarray]:
     """Each user's items (internal ids) in time order: the input of sequential models."""
+    return {u: idx for u, (idx, _) in user_sequences_weighted(ds, positives_only=positives_only, seed=seed).items()}
+
+
+def user_sequences_weighted(ds: Dataset, *, positives_only: bool = True, seed: int = 0
+                            ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`user_sequences` plus each event's training weight (the optional `weight` column, 1 where
+    absent), in the same order: how value-aware retraining down-weights individual events."""
     inter = trainable(ds.interactions)
     if positives_only:
         inter = inter[positive_mask(inter)]
     o = ordered(inter, seed)
     idx = ds.item_map.to_internal(o[Col.ITEM_ID])
+    w = record_weights(o)
     users = o[Col.USER_ID].astype(str).to_numpy()
     order = np.argsort(users, kind="stable")
     us, starts = np.unique(users[order], return_index=True)
     parts = np.split(idx[order], starts[1:])
-    return dict(zip(us.tolist(), parts, strict=True))
+    wparts = np.split(w[order], starts[1:])
+    return dict(zip(us.tolist(), zip(parts, wparts, strict=True), strict=True))
+
+
+def record_weights(frame: pd.DataFrame) -> np.ndarray:
+    """The `weight` column as float32 (missing column or NaN = 1); negative weights are an error."""
+    if Col.WEIGHT not in frame.columns:
+        return np.ones(len(frame), np.float32)
+    w = pd.to_numeric(frame[Col.WEIGHT], errors="coerce").fillna(1.0).to_numpy(dtype=np.float32)
+    if (w < 0).any() or not np.isfinite(w).all():
+        raise ShoprankError(f"column {Col.WEIGHT!r}: weights must be finite and >= 0 "
+                            f"(row {int(np.flatnonzero((w < 0) | ~np.isfinite(w))[0])})")
+    return w
 
 
 def item_popularity(ds: Dataset) -> np.ndarray:

@@ -208,6 +208,8 @@ def validate_table(
             problems.append((unparsable, c.name, "not a number"))
             inf = np.isinf(num.to_numpy(dtype="float64", na_value=np.nan))
             problems.append((pd.Series(inf, index=df.index), c.name, "infinite value"))
+            if c.name in (Col.WEIGHT, Col.COST):
+                problems.append(((num < 0).fillna(False).astype(bool), c.name, "negative value"))
             out[c.name] = num
         elif c.kind == TIME:
             t = parse_time(s.where(~isnull, None))

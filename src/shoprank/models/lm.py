@@ -45,8 +45,9 @@ from shoprank.data.splits import (
     histories_for,
     item_popularity,
     positive_mask,
+    record_weights,
     sample_negatives,
-    user_sequences,
+    user_sequences_weighted,
 )
 from shoprank.errors import ShoprankError
 from shoprank.models.base import Ranker, UserBatch, register, top_k
@@ -262,16 +263,20 @@ class LMRanker(Ranker):
         hl, sep = int(self.params["history_len"]), self.params["history_sep"]
         q: list[str] = []
         items: list[int] = []
+        weights: list[float] = []
         pos: list[np.ndarray] = []
         if not len(train.interactions):
             return Pairs.concat([])
-        for seq in user_sequences(train).values():
+        for seq, w in user_sequences_weighted(train).values():
             known = np.unique(seq)
             for t in range(1, len(seq)):
+                if w[t] <= 0:  # weight 0: the event stays in later histories but is never a target
+                    continue
                 q.append(history_text(self.titles_, seq[max(0, t - hl) : t], sep))
                 items.append(int(seq[t]))
+                weights.append(float(w[t]))
                 pos.append(known)
-        return Pairs(q, np.asarray(items, np.int64), np.ones(len(q), np.float32), pos)
+        return Pairs(q, np.asarray(items, np.int64), np.asarray(weights, np.float32), pos)
 
     def search_pairs(self, train: Dataset) -> Pairs:
         """(query, item) for judgments graded above grade_min + margin, weighted by gain."""
@@ -280,13 +285,14 @@ class LMRanker(Ranker):
             return Pairs.concat([])
         gmin = float(train.meta.get("grade_min", 0.0))
         grade = j[Col.GRADE].to_numpy(dtype=np.float64)
-        keep = grade > gmin + float(self.params["search_grade_margin"])
-        j, grade = j[keep], grade[keep]
+        rw = record_weights(j)
+        keep = (grade > gmin + float(self.params["search_grade_margin"])) & (rw > 0)
+        j, grade, rw = j[keep], grade[keep], rw[keep]
         qs = [render_query(x) for x in j[Col.QUERY].astype(str)]
         items = train.item_map.to_internal(j[Col.ITEM_ID])
         by_q = pd.Series(items).groupby(np.asarray(qs, dtype=object)).unique()
         known = {str(k): np.sort(np.asarray(v, np.int64)) for k, v in by_q.items()}
-        return Pairs(qs, items, (grade - gmin).astype(np.float32), [known[x] for x in qs])
+        return Pairs(qs, items, ((grade - gmin) * rw).astype(np.float32), [known[x] for x in qs])
 
     def _valid_sets(self, train: Dataset, valid: Dataset | None, rng: np.random.Generator) -> tuple[_RecValid | None, _SearchValid | None]:
         rec: _RecValid | None = None

@@ -115,7 +115,9 @@ class Guard:
                     await self._too_large(send, status, extra, rid)
                     return
                 status["code"], status["started"] = msg["status"], True
-                msg["headers"] = [*msg.get("headers", []), *extra]
+                # time inside the server (W3C Server-Timing), so a client can tell it from queueing
+                took = f"app;dur={(time.perf_counter() - t0) * 1000:.3f}".encode()
+                msg["headers"] = [*msg.get("headers", []), *extra, (b"server-timing", took)]
             elif over["flag"]:
                 return
             await send(msg)
@@ -144,7 +146,9 @@ class Guard:
             log.exception("unhandled error in %s %s (request %s)", scope.get("method"), scope.get("path"), rid)
             if not status["started"]:
                 status["code"], status["started"] = 500, True
-                await _send_json(send, 500, {"error": "internal server error", "request_id": rid}, extra)
+                took = f"app;dur={(time.perf_counter() - t0) * 1000:.3f}".encode()
+                await _send_json(send, 500, {"error": "internal server error", "request_id": rid},
+                                 [*extra, (b"server-timing", took)])
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"

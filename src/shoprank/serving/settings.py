@@ -42,6 +42,7 @@ class Settings:
     history_len: int = 50  # recent events per user that make the user vector
     decay: float = 0.9  # recency weight per step back in the history
     poll_seconds: float = 0.5  # how often a worker reads events/items written by other workers
+    torch_threads: int = 1  # intra-op threads per worker for query encoding (0: torch's default)
     compact_after: int = 5000  # delta items before the vector index is rebuilt in the background
     title: str = "shoprank"
     extra: dict[str, Any] = field(default_factory=dict)
