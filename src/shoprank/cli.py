@@ -136,22 +136,55 @@ def _report(rep: Any, on_bad_rows: str, quarantine: Path | None) -> None:
 @app.command()
 def train(
     data: Annotated[Path, typer.Option(help="dataset folder")],
-    task: Annotated[str, typer.Option(help="click | recommend | search")],
-    model: Annotated[str, typer.Option(help="model name, e.g. sasrec, als, bm25, lightgbm")],
     out: Annotated[Path, typer.Option(help="model directory to write")],
+    task: Annotated[str | None, typer.Option(help="click | recommend | search")] = None,
+    model: Annotated[str | None, typer.Option(help="model name, e.g. sasrec, als, bm25, lightgbm, lm")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", help="model setting key=value")] = None,
     tuning: Annotated[str | None, typer.Option(
         help="LM tuning strategy: head | top_k | lora | adalora | ia3 | prefix | full")] = None,
     split: Annotated[str, typer.Option(help="auto | predefined | time | leave_last_out")] = "auto",
+    since: Annotated[str | None, typer.Option(
+        help="continue --from-model on the events after this time ('last': after the newest it saw)")] = None,
+    from_model: Annotated[Path | None, typer.Option(help="the previous model directory (with --since)")] = None,
+    store: Annotated[str | None, typer.Option(
+        help="event store URL whose logged events and items join the data (default with --since: "
+             "the serving store, <data>/serving.sqlite, when it exists)")] = None,
 ) -> None:
-    """Train a model for a task and save it as a directory (with a model card, README.md)."""
+    """Train a model for a task and save it as a directory (with a model card, README.md).
+
+    With --since and --from-model: continue fine-tuning the previous model on the events logged
+    since (e.g. by `shoprank serve`), the task and model taken from the previous run."""
     from shoprank.data.dataset import Dataset
-    from shoprank.training.runner import train_model
+    from shoprank.training.runner import continue_training, train_model
 
     params = _parse_kv(param, "--param")
     if tuning is not None:
         params["tuning"] = tuning
     ds = Dataset.load(data)
+    url = store
+    if url is None and since is not None and (data / "serving.sqlite").exists():
+        url = f"sqlite:///{(data / 'serving.sqlite').resolve()}"
+    if url is not None:
+        from shoprank.serving.store import EventStore
+
+        st = EventStore(url)
+        try:
+            n_before = len(ds.interactions)
+            ds = st.export_dataset(ds)
+            console.print(f"{len(ds.interactions) - n_before} logged event(s) from {url} joined the data")
+        finally:
+            st.close()
+    if since is not None or from_model is not None:
+        if since is None or from_model is None:
+            raise ShoprankError("--since and --from-model go together")
+        res = continue_training(ds, from_model, since=since, out=out, params=params, split_how=split)
+        info = json.loads((out / "training.json").read_text())
+        how = "continued fine-tuning" if info["warm_start"] else "refitted from scratch (no warm start for this model)"
+        console.print(f"{how} of {from_model} on {info['new_events']} event(s) after {info['since']} "
+                      f"in {res.seconds:.1f}s -> {out}")
+        return
+    if task is None or model is None:
+        raise ShoprankError("--task and --model are required (or --since with --from-model)")
     res = train_model(ds, task, model, params=params, split_how=split, out=out)
     console.print(f"trained {model} for {task} in {res.seconds:.1f}s -> {out}")
 

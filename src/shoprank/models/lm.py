@@ -114,6 +114,7 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint_steps": 0,  # ... and every this many optimiser steps (0: epochs only)
     "checkpoint_keep_epochs": False,  # keep epoch-N.pt for every epoch (TracIn over checkpoints)
     "resume": True,  # continue from checkpoint_dir's checkpoint when one exists
+    "init_from": None,  # a saved lm model directory: start from its fine-tuned weights (same tuning)
     "log_dir": None,  # TensorBoard event files (loss, lr, validation NDCG@10)
 }
 
@@ -360,6 +361,8 @@ class LMRanker(Ranker):
         total = max(1, steps_per_epoch * epochs)
         strategy = self.strategy
         tower = self.tower_ = self._build(total_steps=total)
+        if p["init_from"]:
+            self._warm_start(tower, Path(p["init_from"]))
         tower.token_dropout = float(p["token_dropout"])
         self.n_trainable_ = tower.n_trainable()
         tower.set_caching(True)
@@ -650,6 +653,21 @@ class LMRanker(Ranker):
         np.save(path / EMB_FILE, self.item_emb_)
         np.save(path / FALLBACK_FILE, self.fallback_)
         (path / TITLES_FILE).write_text(json.dumps(self.titles_, ensure_ascii=False) + "\n")
+
+    def _warm_start(self, tower: TextTower, src: Path) -> None:
+        """Continue from a saved model's trainable weights (`shoprank train --since`)."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        f = src / WEIGHTS_FILE
+        if not f.exists():
+            raise ShoprankError(f"init_from {src}: no {WEIGHTS_FILE}; it is not a saved lm model")
+        with safe_open(str(f), framework="pt") as fh:
+            was = (fh.metadata() or {}).get("tuning")
+        if was is not None and was != str(self.params["tuning"]):
+            raise ShoprankError(f"init_from {src}: it was tuned with {was!r}, this model uses "
+                                f"{self.params['tuning']!r}; continue with the same strategy")
+        tower.load_trainable_state(load_file(str(f)))
 
     def _load_state(self, path: Path) -> None:
         from safetensors.torch import load_file

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from shoprank.data.dataset import Dataset
-from shoprank.data.splits import DataSplit, split_dataset
+from shoprank.data.schema import Col
+from shoprank.data.splits import DataSplit, has_predefined_split, record_weights, split_dataset
 from shoprank.errors import ShoprankError
-from shoprank.models.base import Ranker, get_model_class
+from shoprank.models.base import Ranker, get_model_class, load_model
 from shoprank.training.card import write_card
 
 TRAINING_FILE = "training.json"
@@ -45,11 +49,17 @@ def train_model(
 
         known = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params")]
         raise ShoprankError(f"model {model_name!r}: {e}; its settings: {known or 'see its docs'}") from None
+    return _fit_and_save(model, data, sp, task, model_name, out)
+
+
+def _fit_and_save(model: Ranker, data: Dataset, sp: DataSplit, task: str, model_name: str, out: Path | None,
+                  extra: dict[str, Any] | None = None) -> TrainResult:
     t0 = time.perf_counter()
     model.fit(sp.train, sp.valid)
     secs = time.perf_counter() - t0
     if out is not None:
         model.save(out)
+        ts = data.interactions[Col.TIMESTAMP] if len(data.interactions) else None
         info = {
             "task": task,
             "model": model_name,
@@ -59,10 +69,67 @@ def train_model(
             "fit_seconds": round(secs, 3),
             "data_summary": data.describe(),
             "catalog_hash": data.catalog_hash(),
+            # the newest event this model has seen: where `shoprank train --since last` starts
+            "trained_until": None if ts is None else pd.Timestamp(ts.max()).isoformat(),
+            **(extra or {}),
         }
         (Path(out) / TRAINING_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
         write_card(Path(out))
     return TrainResult(model, sp, secs)
+
+
+# settings of the previous run that must not carry over into a continued one
+_NOT_CARRIED = ("checkpoint_dir", "resume", "log_dir", "init_from", "epochs")
+
+
+def continue_training(data: Dataset, previous: Path, *, since: str | pd.Timestamp = "last", out: Path,
+                      params: dict[str, Any] | None = None, split_how: str = "auto") -> TrainResult:
+    """Fine-tune a saved model further on the events logged after `since` ("last": the newest event
+    the previous model saw, from its training.json).
+
+    Older events stay in the users' histories (weight 0: context, never a target) and judgments are
+    replayed, so search quality is not traded away for the new behaviour. A model that cannot
+    warm-start (no `init_from` setting: the classical baselines, which are cheap) is refitted on
+    all the data instead, and the result says so."""
+    info = training_info(previous)
+    if not info:
+        raise ShoprankError(f"{previous}: no {TRAINING_FILE}; --since continues a model saved by `shoprank train`")
+    task, name = str(info["task"]), str(info["model"])
+    if isinstance(since, str) and since == "last":
+        if not info.get("trained_until"):
+            raise ShoprankError(f"{previous}/{TRAINING_FILE} has no trained_until; give --since a timestamp")
+        cutoff = pd.Timestamp(info["trained_until"])
+    else:
+        try:
+            cutoff = pd.Timestamp(since)
+        except ValueError:
+            raise ShoprankError(f"--since: not a timestamp or 'last': {since!r}") from None
+    if cutoff.tzinfo is None:
+        cutoff = cutoff.tz_localize("UTC")
+    prev = load_model(previous)
+    if split_how == "auto" and not has_predefined_split(data):
+        split_how = "leave_last_out"  # a time split would hold out exactly the new events
+    sp = split_dataset(data, split_how)
+    inter = sp.train.interactions
+    new = (inter[Col.TIMESTAMP] > cutoff).to_numpy() if len(inter) else np.zeros(0, bool)
+    n_new = int(new.sum())
+    if n_new == 0:
+        raise ShoprankError(f"no training events after {cutoff.isoformat()} in {data.name}; nothing to continue on")
+    base = {k: v for k, v in prev.params.items() if k not in _NOT_CARRIED}
+    if "tuning" in (params or {}) and (params or {})["tuning"] != base.get("tuning"):
+        base.pop("tuning_config", None)  # the old strategy's settings do not fit the new one
+    warm = "init_from" in prev.params
+    if warm:
+        w = record_weights(inter) * new
+        train = sp.train.with_tables(interactions=inter.assign(**{Col.WEIGHT: w}))
+        sp = replace(sp, train=train)
+        kw = {**base, "epochs": 1, **(params or {}), "init_from": str(previous)}
+    else:
+        kw = {**base, **(params or {})}
+    model = get_model_class(name)(**kw)
+    extra = {"continued_from": str(previous), "since": cutoff.isoformat(), "new_events": n_new,
+             "warm_start": warm}
+    return _fit_and_save(model, data, sp, task, name, out, extra)
 
 
 def training_info(model_dir: Path) -> dict[str, Any]:

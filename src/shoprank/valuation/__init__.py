@@ -64,7 +64,7 @@ from shoprank.valuation.utility import (
 
 __all__ = [
     "Checkpoint", "DataInf", "InfluenceFunction", "LossModel", "ModuleLoss", "TowerLoss", "TracIn",
-    "datainf_values", "influence_values", "inverse_hvp", "load_checkpoints", "lora_datainf", "tracin_values",
+    "datainf_values", "influence_values", "inverse_hvp", "load_checkpoints", "lora_datainf", "tracin_values", "model_confidence",
     "AbsoluteStandardError", "AntitheticPermutationSampler", "AntitheticUniformSampler", "Backend",
     "BetaShapley", "DataOOB", "ExactBanzhaf", "ExactBetaShapley", "ExactShapley", "FunctionUtility",
     "JoblibBackend", "KNNShapley", "LeaveOneOut", "MSRBanzhaf", "MaxChecks", "MaxTime", "MaxUpdates",
@@ -84,6 +84,7 @@ if TYPE_CHECKING:
         influence_values,
         inverse_hvp,
     )
+    from shoprank.valuation.confidence import model_confidence
     from shoprank.valuation.tracin import Checkpoint, TracIn, load_checkpoints, tracin_values
 
 _LAZY = {
@@ -91,6 +92,7 @@ _LAZY = {
     "InfluenceFunction": "influence", "LossModel": "influence", "ModuleLoss": "influence",
     "influence_values": "influence", "inverse_hvp": "influence",
     "Checkpoint": "tracin", "TracIn": "tracin", "load_checkpoints": "tracin", "tracin_values": "tracin",
+    "model_confidence": "confidence",
 }
 
 
