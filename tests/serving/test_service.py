@@ -163,3 +163,34 @@ def test_concurrent_queries_are_encoded_in_batches_and_errors_reach_every_waiter
     # a failing query fails alone, never the good queries batched with it, and nobody hangs
     assert len(errors) == 6 and len(good) == 6 and not any(t.is_alive() for t in ts)
     assert space.query_vector("fine again").shape == (2,)  # the lead was handed back
+
+
+def test_a_hybrid_model_reranks_the_fused_head(shop: tuple[Dataset, Path], dense_dir: Path, emb_cache: Path,
+                                                tmp_path: Path) -> None:
+    from shoprank.data.splits import split_dataset
+    from shoprank.models.base import load_model
+    from shoprank.models.baselines import BM25Ranker
+    from shoprank.models.hybrid import HybridRanker
+
+    ds, data = shop
+    sp = split_dataset(ds)
+    hyb = HybridRanker.from_models(load_model(dense_dir), BM25Ranker().fit(sp.train), sp.train, sp.valid, fusion="ltr")
+    hyb.save(tmp_path / "hybrid")
+    svc = Service(make_settings(tmp_path / "hybrid", data, tmp_path, emb_cache, rerank_depth=20))
+    svc.start(poll=False)
+    try:
+        q = str(ds.judgments["query"].iloc[0])
+        out = svc.search(q, k=10)
+        assert out["reranked"] > 0
+        got = [it["rerank_score"] for it in out["items"] if "rerank_score" in it]
+        assert len(got) == len(out["items"]) and got == sorted(got, reverse=True)
+        # the head holds the same candidates as without re-ranking, in the model's order
+        svc.settings.rerank_depth = 0
+        plain = svc.search(q, k=20)
+        assert "rerank_score" not in plain["items"][0] and plain["reranked"] == 0
+        slots = [svc.snap.catalog.slot_of[it["item_id"]] for it in plain["items"]]
+        want = hyb.score_query_items([q], [np.asarray(slots, np.int64)])[0]
+        best = [plain["items"][i]["item_id"] for i in np.argsort(-want, kind="stable")[:10]]
+        assert [it["item_id"] for it in out["items"]] == best
+    finally:
+        svc.stop()

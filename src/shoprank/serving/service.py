@@ -286,6 +286,9 @@ class Counters:
         return self.online["click"] / v if v else 0.0
 
 
+RERANKERS = ("hybrid",)  # models whose query-item score is a learnt re-ranking of candidates
+
+
 def _limit_torch_threads(n: int) -> None:
     """Query encoding is one short sequence at a time, and requests already run in parallel (threads,
     workers): torch's default of one intra-op thread per core makes them fight over the cores
@@ -555,6 +558,13 @@ class Service:
         cat = snap.catalog
         r = self._retrieve(snap, q, category=category, brand=brand, price_min=price_min, price_max=price_max)
         fused = r["fused"]
+        rerank = self._rerank(snap, r["query"], fused)
+        if rerank:
+            d = min(self.settings.rerank_depth, len(fused))
+            rrf = dict(fused[:d])
+            order = iter(sorted(rerank, key=lambda sl: (-rerank[sl], sl)))
+            head = [next(order) if sl in rerank else sl for sl, _ in fused[:d]]
+            fused = [(sl, rrf[sl]) for sl in head] + fused[d:]
         top = fused[:k]
         facets: dict[str, dict[str, int]] = {"category": {}, "brand": {}}
         for sl, _ in fused[: max(k, FACET_DEPTH)]:  # the head only: the dense tail matches anything
@@ -567,9 +577,29 @@ class Service:
         for sl, score in top:
             it = cat.item(sl)
             it.update(score=round(score, 6), bm25_rank=r["bm_rank"].get(sl), dense_rank=r["dn_rank"].get(sl))
+            if sl in rerank:
+                it["rerank_score"] = round(rerank[sl], 6)
             items.append(it)
         return {"query": q, "corrected_query": r["query"] if r["fixes"] else None, "corrections": r["fixes"],
-                "items": items, "facets": facets, "total_candidates": len(fused), "version": snap.version}
+                "items": items, "facets": facets, "total_candidates": len(fused), "reranked": len(rerank),
+                "version": snap.version}
+
+    def _rerank(self, snap: Snapshot, query: str, fused: list[tuple[int, float]]) -> dict[int, float]:
+        """Scores of the served model for the head of the fused list, when the model is a re-ranker.
+
+        A `hybrid` model learnt how to order candidates (LambdaRank over dense and BM25 scores,
+        ranks, popularity, price, ...), so its score re-orders the top `rerank_depth` fused
+        candidates. Items posted after the model was trained are unknown to it: they keep their
+        fused positions and the re-ranked catalog items fill the others."""
+        depth = self.settings.rerank_depth
+        if depth <= 0 or snap.model.name not in RERANKERS or not fused:
+            return {}
+        n_model = int(getattr(snap.model, "n_items_", 0))
+        head = [sl for sl, _ in fused[:depth] if sl < n_model]
+        if not head:
+            return {}
+        sc = snap.model.score_query_items([query], [np.asarray(head, np.int64)])[0]
+        return {int(sl): float(v) for sl, v in zip(head, np.asarray(sc, np.float64), strict=True)}
 
     def _retrieve(self, snap: Snapshot, q: str, **filters: Any) -> dict[str, Any]:
         s = self.settings

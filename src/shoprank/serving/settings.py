@@ -39,6 +39,7 @@ class Settings:
     hnsw_ef_search: int = 128
     rrf_k: int = 60  # reciprocal rank fusion constant
     candidates: int = 200  # per retriever, before fusion
+    rerank_depth: int = 50  # fused candidates re-ordered by a re-ranking model (`hybrid`); 0 = off
     history_len: int = 50  # recent events per user that make the user vector
     decay: float = 0.9  # recency weight per step back in the history
     poll_seconds: float = 0.5  # how often a worker reads events/items written by other workers
