@@ -130,3 +130,29 @@ def test_kill9_loses_no_acknowledged_event(served: tuple[list[str], str], tmp_pa
         assert svc.search("phoenix feather", 1)["items"][0]["item_id"] == "before-crash"
     finally:
         svc.stop()
+
+
+def test_metrics_sum_over_workers(served: tuple[list[str], str], tmp_path: Path) -> None:
+    """Two uvicorn workers: any worker's /metrics counts the requests both of them answered."""
+    args, _ = served
+    srv = Server([*args, "--workers", "2", "--no-access-log"], tmp_path / "server.log")
+    try:
+        srv.wait_ready()
+        pids: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(pids) < 2 and time.monotonic() < deadline:  # both workers up and answering
+            with httpx.Client(timeout=5) as c:  # a fresh connection may reach either worker
+                pids.add(int(c.get(srv.url + "/v1/info").json()["pid"]))
+        assert len(pids) == 2
+        n = 30
+        for _ in range(n):
+            with httpx.Client(timeout=5) as c:
+                assert c.get(srv.url + "/v1/search", params={"q": "lamp"}).status_code == 200
+        line = 'shoprank_requests_total{method="GET",route="/v1/search",status="200"}'
+        for _ in range(6):  # whichever worker answers the scrape, the count is the service's
+            with httpx.Client(timeout=5) as c:
+                text = c.get(srv.url + "/metrics").text
+            got = [ln for ln in text.splitlines() if ln.startswith(line)]
+            assert got and float(got[0].split()[-1]) == n, got
+    finally:
+        srv.stop()

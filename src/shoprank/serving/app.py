@@ -12,6 +12,7 @@ never to the client).
 
 import hmac
 import logging
+import os
 import re
 import time
 import uuid
@@ -62,9 +63,16 @@ _RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class Metrics:
-    """Prometheus collectors in the app's own registry (several apps can live in one process)."""
+    """Prometheus collectors in the app's own registry (several apps can live in one process).
+
+    Under several uvicorn workers (`PROMETHEUS_MULTIPROC_DIR` set by `serving.server.run`)
+    each process writes its samples to files there and a scrape of any worker sums them all,
+    so `/metrics` describes the service, not whichever worker answered."""
 
     def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self._svc: Service | None = None
+        gauge_kw: dict[str, Any] = {"multiprocess_mode": "mostrecent"} if self.multiprocess else {}
         self.registry = CollectorRegistry()
         self.latency = Histogram("shoprank_request_seconds", "request latency by route", ["route", "method"],
                                  registry=self.registry,
@@ -75,15 +83,32 @@ class Metrics:
         self.events = Counter("shoprank_events_logged", "events committed to the store", ["event"],
                               registry=self.registry)
         self.online_ctr = Gauge("shoprank_online_ctr", "clicks / views over the events logged online",
-                                registry=self.registry)
-        self.items = Gauge("shoprank_items", "live catalog items", registry=self.registry)
-        self.version = Gauge("shoprank_index_version", "current snapshot version", registry=self.registry)
+                                registry=self.registry, **gauge_kw)
+        self.items = Gauge("shoprank_items", "live catalog items", registry=self.registry, **gauge_kw)
+        self.version = Gauge("shoprank_index_version", "current snapshot version", registry=self.registry,
+                             **gauge_kw)
 
     def bind(self, svc: Service) -> None:
         """Gauges read the service's live state at scrape time."""
-        self.online_ctr.set_function(lambda: svc.counters.online_ctr)
-        self.items.set_function(lambda: float(svc.snap.catalog.alive.sum()) if svc.ready else 0.0)
-        self.version.set_function(lambda: float(svc.snap.version) if svc.ready else 0.0)
+        self._svc = svc
+        if not self.multiprocess:
+            self.online_ctr.set_function(lambda: svc.counters.online_ctr)
+            self.items.set_function(lambda: float(svc.snap.catalog.alive.sum()) if svc.ready else 0.0)
+            self.version.set_function(lambda: float(svc.snap.version) if svc.ready else 0.0)
+
+    def render(self) -> bytes:
+        if not self.multiprocess:
+            return bytes(generate_latest(self.registry))
+        from prometheus_client import multiprocess
+
+        svc = self._svc
+        if svc is not None and svc.ready:  # every worker sees every event (it tails the store)
+            self.online_ctr.set(svc.counters.online_ctr)
+            self.items.set(float(svc.snap.catalog.alive.sum()))
+            self.version.set(float(svc.snap.version))
+        reg = CollectorRegistry()
+        multiprocess.MultiProcessCollector(reg)
+        return bytes(generate_latest(reg))
 
 
 class _TooLarge(Exception):
@@ -373,7 +398,7 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     # -- web page ---------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False, response_class=HTMLResponse)

@@ -29,5 +29,10 @@ def run(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000, worker
 
     check(settings)
     os.environ[ENV_JSON] = settings.to_json()
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        # before any worker imports prometheus_client: their samples go to files a scrape sums
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="shoprank-metrics-")
     uvicorn.run("shoprank.serving.app:create_app_from_env", factory=True, host=host, port=port,
                 workers=workers, log_level=log_level, access_log=access_log, timeout_graceful_shutdown=10)
