@@ -184,6 +184,9 @@ def test_a_hybrid_model_reranks_the_fused_head(shop: tuple[Dataset, Path], dense
         assert out["reranked"] > 0
         got = [it["rerank_score"] for it in out["items"] if "rerank_score" in it]
         assert len(got) == len(out["items"]) and got == sorted(got, reverse=True)
+        for pos in (0, 3):  # explain reports the rank the search answered
+            ex = svc.explain_query(q, out["items"][pos]["item_id"])
+            assert ex["rank"] == pos + 1 and ex["rerank_score"] == out["items"][pos]["rerank_score"]
         # the head holds the same candidates as without re-ranking, in the model's order
         svc.settings.rerank_depth = 0
         plain = svc.search(q, k=20)

@@ -99,6 +99,7 @@ class SearchOut(BaseModel):
     items: list[Item]
     facets: dict[str, dict[str, int]]
     total_candidates: int
+    reranked: int = Field(0, description="fused candidates re-ordered by the model's re-ranker (0: none)")
     version: int
 
 

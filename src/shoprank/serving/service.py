@@ -557,14 +557,7 @@ class Service:
         snap = self.snap
         cat = snap.catalog
         r = self._retrieve(snap, q, category=category, brand=brand, price_min=price_min, price_max=price_max)
-        fused = r["fused"]
-        rerank = self._rerank(snap, r["query"], fused)
-        if rerank:
-            d = min(self.settings.rerank_depth, len(fused))
-            rrf = dict(fused[:d])
-            order = iter(sorted(rerank, key=lambda sl: (-rerank[sl], sl)))
-            head = [next(order) if sl in rerank else sl for sl, _ in fused[:d]]
-            fused = [(sl, rrf[sl]) for sl in head] + fused[d:]
+        fused, rerank = self._reranked(snap, r)
         top = fused[:k]
         facets: dict[str, dict[str, int]] = {"category": {}, "brand": {}}
         for sl, _ in fused[: max(k, FACET_DEPTH)]:  # the head only: the dense tail matches anything
@@ -583,6 +576,18 @@ class Service:
         return {"query": q, "corrected_query": r["query"] if r["fixes"] else None, "corrections": r["fixes"],
                 "items": items, "facets": facets, "total_candidates": len(fused), "reranked": len(rerank),
                 "version": snap.version}
+
+    def _reranked(self, snap: Snapshot, r: dict[str, Any]) -> tuple[list[tuple[int, float]], dict[int, float]]:
+        """The fused list with its head re-ordered by the re-ranker (if any), and its scores."""
+        fused = r["fused"]
+        rerank = self._rerank(snap, r["query"], fused)
+        if rerank:
+            d = min(self.settings.rerank_depth, len(fused))
+            rrf = dict(fused[:d])
+            order = iter(sorted(rerank, key=lambda sl: (-rerank[sl], sl)))
+            head = [next(order) if sl in rerank else sl for sl, _ in fused[:d]]
+            fused = [(sl, rrf[sl]) for sl in head] + fused[d:]
+        return fused, rerank
 
     def _rerank(self, snap: Snapshot, query: str, fused: list[tuple[int, float]]) -> dict[int, float]:
         """Scores of the served model for the head of the fused list, when the model is a re-ranker.
@@ -719,6 +724,7 @@ class Service:
         if sl is None:
             raise NotFound(f"unknown item {item_id!r}")
         r = self._retrieve(snap, q)
+        final, rerank = self._reranked(snap, r)
         bm = r["bm"]
         doc = snap.text.doc_terms(sl)
         matched = sorted(set(r["tokens"]) & doc)
@@ -729,7 +735,8 @@ class Service:
             "bm25": round(float(bm[sl]), 6), "bm25_rank": int((bm > bm[sl]).sum()) + 1 if bm[sl] > 0 else None,
             "dense": None, "dense_rank": None,
             "rrf": round(dict(r["fused"]).get(sl, 0.0), 6),
-            "rank": next((i + 1 for i, (s_, _) in enumerate(r["fused"]) if s_ == sl), None),
+            "rerank_score": None if sl not in rerank else round(rerank[sl], 6),
+            "rank": next((i + 1 for i, (s_, _) in enumerate(final) if s_ == sl), None),
             "influential_training_records": self.influential_records([item_id]),
             "version": snap.version,
         }
