@@ -76,6 +76,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from shoprank.valuation.confidence import model_confidence
     from shoprank.valuation.datainf import DataInf, TowerLoss, datainf_values, lora_datainf
     from shoprank.valuation.influence import (
         InfluenceFunction,
@@ -84,7 +85,6 @@ if TYPE_CHECKING:
         influence_values,
         inverse_hvp,
     )
-    from shoprank.valuation.confidence import model_confidence
     from shoprank.valuation.tracin import Checkpoint, TracIn, load_checkpoints, tracin_values
 
 _LAZY = {
