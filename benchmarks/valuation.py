@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import time
 from pathlib import Path
 
@@ -307,8 +308,7 @@ def loop(frac: float = 0.2, seed: int = 0, epochs: int = 1) -> str:
     else:
         repl = rng.integers(0, ds.n_items, int(noisy.sum()))
     bad.loc[noisy, "item_id"] = ds.items["item_id"].to_numpy()[repl]
-    noisy_split = type(split)(split.train.with_tables(interactions=bad), split.valid, split.test, split.context,
-                              split.kind)
+    noisy_split = dataclasses.replace(split, train=split.train.with_tables(interactions=bad))
     print(f"{len(tr):,} training events, {int(noisy.sum()):,} replaced by random items", flush=True)
     params = {"tuning": "top_k", "tuning_config": {"k": 2}, "epochs": epochs, "patience": 1, "num_threads": 2,
               "verbose": True}
@@ -370,7 +370,7 @@ def loop(frac: float = 0.2, seed: int = 0, epochs: int = 1) -> str:
     flags = np.zeros(len(tr), bool)
     flags[has] = kmeans_flags((conf if drop_by == "confidence" else knn)[has], seed=seed)
     kept = noisy_split.train.with_tables(interactions=bad[~flags].reset_index(drop=True))
-    _, cleaned, s_cleaned = fit_eval(type(split)(kept, split.valid, split.test, split.context, split.kind), "cleaned")
+    _, cleaned, s_cleaned = fit_eval(dataclasses.replace(split, train=kept), "cleaned")
     lost = clean["ndcg"] - dirty["ndcg"]
     rec = (cleaned["ndcg"] - dirty["ndcg"]) / lost if lost > 0 else float("nan")
     table = [

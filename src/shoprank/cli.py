@@ -178,7 +178,7 @@ def train(
         if since is None or from_model is None:
             raise ShoprankError("--since and --from-model go together")
         res = continue_training(ds, from_model, since=since, out=out, params=params, split_how=split)
-        info = json.loads((out / "training.json").read_text())
+        info = res.info
         how = "continued fine-tuning" if info["warm_start"] else "refitted from scratch (no warm start for this model)"
         console.print(f"{how} of {from_model} on {info['new_events']} event(s) after {info['since']} "
                       f"in {res.seconds:.1f}s -> {out}")

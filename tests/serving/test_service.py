@@ -144,6 +144,8 @@ def test_concurrent_queries_are_encoded_in_batches_and_errors_reach_every_waiter
         want = np.array([len(w), 1.0], np.float32)
         np.testing.assert_allclose(v, want / np.linalg.norm(want), rtol=1e-6)
     assert len(calls) < len(words) and sum(len(c) for c in calls) == len(words)
+    c = space.counters()
+    assert c["queries"] == len(words) and c["encoded"] == len(words) and c["batches"] == len(calls)
     assert space.query_vector(words[3]) is out[words[3]] and len(calls) <= len(words) - 1  # cached
     errors: list[BaseException] = []
 

@@ -226,6 +226,12 @@ def get_service(request: Request) -> Service:
     return svc
 
 
+def _check_batch(field: str, n: int, limit: int) -> None:
+    """A 4xx naming the field and the first row over the limit."""
+    if n > limit:
+        raise RowError(field, limit, f"at most {limit} {field} per request, got {n}")
+
+
 def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI:
     """Build the app. The service (model, indexes, profiles) loads once, in the lifespan;
     pass a started `service` to skip that (tests)."""
@@ -361,9 +367,7 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
               responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 413: {"model": ErrorOut}})
     def post_events(svc: Svc, batch: EventBatch) -> dict[str, Any]:
         """Validate, commit durably, then apply to the user profiles. 200 means stored."""
-        if len(batch.events) > settings.max_events_per_batch:
-            raise RowError("events", settings.max_events_per_batch,
-                           f"at most {settings.max_events_per_batch} events per request, got {len(batch.events)}")
+        _check_batch("events", len(batch.events), settings.max_events_per_batch)
         rows = event_rows(batch.events)
         ids = svc.add_events(rows)
         for r in rows:
@@ -374,9 +378,7 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
               responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 413: {"model": ErrorOut}})
     def post_items(svc: Svc, batch: ItemBatch) -> dict[str, Any]:
         """Add or update products; searchable and recommendable when this returns."""
-        if len(batch.items) > settings.max_items_per_batch:
-            raise RowError("items", settings.max_items_per_batch,
-                           f"at most {settings.max_items_per_batch} items per request, got {len(batch.items)}")
+        _check_batch("items", len(batch.items), settings.max_items_per_batch)
         return svc.add_items([it.model_dump(exclude_none=True) for it in batch.items])
 
     @app.post("/v1/admin/reload", tags=["admin"], dependencies=[Auth],

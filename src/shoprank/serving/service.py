@@ -17,6 +17,7 @@ import heapq
 import json
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -97,6 +98,13 @@ class Catalog:
         c = cls._arrays(items)
         ids = c["item_ids"]
         return cls(**c, alive=np.ones(len(ids), bool), slot_of={str(i): s for s, i in enumerate(ids)})
+
+    def slot(self, item_id: str) -> int:
+        """The slot of a known item; NotFound (a 404) otherwise."""
+        sl = self.slot_of.get(item_id)
+        if sl is None:
+            raise NotFound(f"unknown item {item_id!r}")
+        return sl
 
     @staticmethod
     def _arrays(items: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -700,9 +708,7 @@ class Service:
     def similar(self, item_id: str, k: int = 10) -> dict[str, Any]:
         snap = self.snap
         cat = snap.catalog
-        sl = cat.slot_of.get(item_id)
-        if sl is None:
-            raise NotFound(f"unknown item {item_id!r}")
+        sl = cat.slot(item_id)
         allowed = cat.alive.copy()
         allowed[sl] = False
         if snap.vindex is not None:
@@ -720,9 +726,7 @@ class Service:
     def explain_query(self, q: str, item_id: str) -> dict[str, Any]:
         snap = self.snap
         cat = snap.catalog
-        sl = cat.slot_of.get(item_id)
-        if sl is None:
-            raise NotFound(f"unknown item {item_id!r}")
+        sl = cat.slot(item_id)
         r = self._retrieve(snap, q)
         final, rerank = self._reranked(snap, r)
         bm = r["bm"]
@@ -757,9 +761,7 @@ class Service:
     def explain_user(self, user_id: str, item_id: str, n_nearest: int = 3) -> dict[str, Any]:
         snap = self.snap
         cat = snap.catalog
-        sl = cat.slot_of.get(item_id)
-        if sl is None:
-            raise NotFound(f"unknown item {item_id!r}")
+        sl = cat.slot(item_id)
         uv = self.user_vector(snap, user_id)
         out: dict[str, Any] = {"user_id": user_id, "item": cat.item(sl), "history_events": uv["n_events"],
                                "already_purchased": sl in uv["bought"], "score": None, "rank": None,
@@ -849,13 +851,12 @@ class Service:
 
     def info(self) -> dict[str, Any]:
         snap = self.snap
-        import os
-
         return {"version": snap.version, "pid": os.getpid(), "model": snap.model.name, "model_dir": snap.model_dir,
                 "items": int(snap.catalog.alive.sum()), "slots": snap.catalog.n, "users": len(self.profiles),
                 "index": None if snap.vindex is None else snap.vindex.kind,
                 "delta_items": 0 if snap.vindex is None else len(snap.vindex.delta),
-                "dense": snap.space is not None, "loaded_at": snap.loaded_at}
+                "dense": snap.space is not None, "loaded_at": snap.loaded_at,
+                "query_encoder": None if snap.space is None else snap.space.counters()}
 
 
 def event_rows(batch: Iterable[Any]) -> list[dict[str, Any]]:

@@ -72,6 +72,11 @@ class VectorSpace:
         self._leading = False
         self.stats = {"queries": 0, "cache_hits": 0, "batches": 0, "encoded": 0}
 
+    def counters(self) -> dict[str, int]:
+        """Queries asked, answered from the cache, encoder batches run and texts they encoded."""
+        with self._lock:
+            return dict(self.stats)
+
     def item_vectors(self, items: pd.DataFrame) -> np.ndarray:
         texts = render_items(items, max_description_chars=self.max_description_chars)
         if not texts:

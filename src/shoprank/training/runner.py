@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ class TrainResult:
     model: Ranker
     split: DataSplit
     seconds: float
+    info: dict[str, Any] = field(default_factory=dict)  # what training.json holds (when saved)
 
 
 def train_model(
@@ -57,6 +58,7 @@ def _fit_and_save(model: Ranker, data: Dataset, sp: DataSplit, task: str, model_
     t0 = time.perf_counter()
     model.fit(sp.train, sp.valid)
     secs = time.perf_counter() - t0
+    info: dict[str, Any] = {}
     if out is not None:
         model.save(out)
         ts = data.interactions[Col.TIMESTAMP] if len(data.interactions) else None
@@ -75,7 +77,7 @@ def _fit_and_save(model: Ranker, data: Dataset, sp: DataSplit, task: str, model_
         }
         (Path(out) / TRAINING_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
         write_card(Path(out))
-    return TrainResult(model, sp, secs)
+    return TrainResult(model, sp, secs, info)
 
 
 # settings of the previous run that must not carry over into a continued one

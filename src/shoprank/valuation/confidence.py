@@ -40,14 +40,14 @@ def model_confidence(model: Ranker, ds: Dataset, *, temperature: float | None = 
     has = np.array([len(x) > 0 for x in h.items])
     vals = np.full(len(inter), np.nan)
     rows = np.flatnonzero(has)
+    if not rows.size:
+        raise ShoprankError("model_confidence: no interaction has an earlier event to condition on")
     users = inter[Col.USER_ID].astype(str).to_numpy()
     for s in tqdm(range(0, len(rows), batch), desc="confidence", disable=not progress, unit="batch"):
         r = rows[s : s + batch]
         ub = UserBatch(users[r].tolist(), [h.items[i] for i in r], [h.labels[i] for i in r])
         sc = np.asarray(model.score_users(ub), dtype=np.float64) / t
         vals[r] = sc[np.arange(len(r)), items[r]] - logsumexp(sc, axis=1)
-    if not rows.size:
-        raise ShoprankError("model_confidence: no interaction has an earlier event to condition on")
     vals[~has] = float(np.median(vals[has]))
     return ValuationResult(vals, algorithm="model-confidence",
                            extra={"no_history": np.flatnonzero(~has), "temperature": t})

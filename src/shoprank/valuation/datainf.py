@@ -21,7 +21,8 @@ tower in eval mode so LoRA dropout does not randomise them).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Self
 
 import numpy as np
@@ -142,21 +143,23 @@ class TowerLoss(LossModel):
         self.tower = tower
         super().__init__(params, lambda idx: loss(tower, idx), n)
 
-    def grads(self, idx: np.ndarray) -> torch.Tensor:
+    @contextmanager
+    def _eval(self) -> Iterator[None]:
+        """Gradients and losses without dropout, then the tower's mode as it was."""
         was = self.tower.training
         self.tower.eval()
         try:
-            return super().grads(idx)
+            yield
         finally:
             self.tower.train(was)
 
+    def grads(self, idx: np.ndarray) -> torch.Tensor:
+        with self._eval():
+            return super().grads(idx)
+
     def losses(self, idx: np.ndarray) -> torch.Tensor:
-        was = self.tower.training
-        self.tower.eval()
-        try:
+        with self._eval():
             return super().losses(idx)
-        finally:
-            self.tower.train(was)
 
 
 def lora_datainf(tower: nn.Module, train_loss: Callable[[Any, np.ndarray], torch.Tensor], n_train: int,
