@@ -156,9 +156,13 @@ def _encoder(model: str = "minilm"):  # type: ignore[no-untyped-def]
     return TextEncoder(EncoderConfig(model=model), cache_dir=CACHE)
 
 
-def zh_data(n_train: int = 5000, n_valid: int = 1000, encoder: str = "minilm") -> ValuationData:
+def zh_frame(n: int = 6000) -> pd.DataFrame:
     df = pd.read_csv(SHARED / "zh-shopping-reviews" / "online_shopping_10_cats.csv", encoding="utf-8-sig")
-    df = df.dropna(subset=["review"]).sample(n=n_train + n_valid, random_state=0).reset_index(drop=True)
+    return df.dropna(subset=["review"]).sample(n=n, random_state=0).reset_index(drop=True)
+
+
+def zh_data(n_train: int = 5000, n_valid: int = 1000, encoder: str = "minilm") -> ValuationData:
+    df = zh_frame(n_train + n_valid)
     t0 = time.perf_counter()
     emb = _encoder(encoder).encode(df["review"].astype(str).tolist(), progress=True)
     print(f"zh embeddings {time.perf_counter() - t0:.0f}s", flush=True)
@@ -226,6 +230,57 @@ def detect() -> str:
             + md_table(rows, ["dataset", "method", "F1", "AUROC", "P@k", "seconds"]))
 
 
+def detect_lm(seeds: tuple[int, ...] = (0, 1, 2), epochs: int = 2) -> str:
+    """zh-shopping-reviews, 20% flipped labels (the same flips as `detect`): the m3e-small
+    encoder fine-tuned (top 2 of its 4 layers) by 2-fold cross-fitting, each review judged by
+    the model trained on the other half; beside Data-OOB, KNN-Shapley and the same cross-fit
+    with logistic regression on the frozen m3e-small features, in the same run."""
+    from shoprank.models.textclf import TextClassifier
+    from shoprank.valuation import CrossFitConfidence
+
+    n_train = 5000
+    data = zh_data(encoder="m3e-small")
+    texts = zh_frame()["review"].astype(str).to_numpy(dtype=object)
+    text_data = ValuationData(texts[:n_train], data.y_train, texts[n_train:], data.y_valid)
+    clf = TextClassifier("m3e-small", tuning="top_k", tuning_config={"k": 2}, epochs=epochs, batch_size=32,
+                         max_length=128, num_threads=2, progress=True)
+    methods: dict[str, object] = {
+        "data-oob (100 ridge bags, frozen features)": method_factory("data-oob", n_estimators=100),
+        "knn-shapley (K=30, cosine, frozen features)": method_factory("knn-shapley", k=30, metric="cosine"),
+        "cross-fit logistic regression (2 folds, frozen features)": method_factory("cross-fit", n_folds=2),
+        f"cross-fit fine-tuned m3e-small (2 folds, top_k k=2, {epochs} epochs)":
+            lambda seed: CrossFitConfidence(clf, n_folds=2, seed=seed, progress=True),
+    }
+    out = []
+    from shoprank.valuation.experiments import detection_metrics, flip_labels
+
+    for seed in seeds:
+        y_noisy, noisy = flip_labels(data.y_train, 0.2, seed=seed)
+        for name, make in methods.items():
+            d = text_data if name.startswith("cross-fit fine-tuned") else data
+            nd = ValuationData(d.x_train, y_noisy, d.x_valid, d.y_valid)
+            t0 = time.perf_counter()
+            v = make(seed).fit(nd).values  # type: ignore[operator]
+            out.append({"method": name, "seed": seed, **detection_metrics(v, noisy, seed=seed),
+                        "seconds": time.perf_counter() - t0})
+            print(out[-1], flush=True)
+        out.append({"method": "random", "seed": seed, "seconds": 0.0,
+                    **detection_metrics(np.random.default_rng(seed).random(n_train), noisy, seed=seed)})
+    df = summarize(pd.DataFrame(out))
+    rows = [{"method": r["method"], "F1": f"{r['f1']:.3f} ± {r['f1_std']:.3f}",
+             "AUROC": f"{r['auroc']:.3f} ± {r['auroc_std']:.3f}", "P@k": f"{r['precision_at_k']:.3f}",
+             "seconds": round(float(r["seconds"]), 1)} for r in df.to_dict("records")]
+    oob = float(df.loc[df["method"].str.startswith("data-oob"), "f1"].iloc[0])
+    best = df[~df["method"].str.startswith("data-oob") & (df["method"] != "random")].sort_values("f1").iloc[-1]
+    return ("zh-shopping-reviews (5,000 training / 1,000 validation reviews), 20% of training labels flipped (the "
+            "same flips as the detection table, seeds 0-2); frozen features = m3e-small embeddings; the "
+            "fine-tuned row trains the encoder itself on half of the reviews and values the other half "
+            "(then the other way round), so every review is judged by a model that never saw it\n\n"
+            + md_table(rows, ["method", "F1", "AUROC", "P@k", "seconds"])
+            + f"\n\nBest method: {best['method']}, F1 {best['f1']:.3f} = Data-OOB {oob:.3f} "
+              f"{best['f1'] - oob:+.3f} (target: +0.1).")
+
+
 def amazon_noise(frac: float = 0.2, seeds: tuple[int, ...] = (0, 1, 2)) -> str:
     """Injected noisy clicks on amazon-industrial: replace the next item of 20% of training
     pairs by a random catalog item; can the values find them?"""
@@ -281,16 +336,20 @@ def loop(frac: float = 0.2, seed: int = 0, epochs: int = 1) -> str:
     with the clean and the noisy model (same settings).
 
     `LOOP["noise"]`: "random" (each replaced item drawn uniformly from the catalog) or "spam"
-    (drawn from 20 promoted items, as a click bot would); `LOOP["drop_by"]`: which values flag
-    the events to drop ("confidence": the noisy LM's own; "knn": KNN-Shapley against the
-    validation events). The clean fit is deterministic and is reused from benchmarks/out when an
+    (drawn from 20 promoted items, as a click bot would) or "targeted" (each promoted item
+    clicked by the shoppers of one taste cluster); `LOOP["drop_by"]`: which values flag the
+    events to drop ("confidence": the noisy LM's own; "knn": KNN-Shapley against the
+    validation events, 2-means; "knn-items": every event of the products whose events'
+    KNN-Shapley values are significantly low as a group). The clean fit is deterministic and is reused from benchmarks/out when an
     earlier run stored it (the table says so)."""
     import json
 
     noise, drop_by = LOOP["noise"], LOOP["drop_by"]
     from shoprank.data.loaders import import_dataset
     from shoprank.data.splits import histories_for, split_dataset
-    from shoprank.evaluation.protocol import evaluate_model
+    from shoprank.evaluation import paired_bootstrap_diff
+    from shoprank.evaluation.protocol import rec_testset
+    from shoprank.evaluation.ranking import evaluate_full_ranking
     from shoprank.models.base import get_model_class
     from shoprank.text import render_items
     from shoprank.valuation import model_confidence
@@ -318,6 +377,7 @@ def loop(frac: float = 0.2, seed: int = 0, epochs: int = 1) -> str:
         cluster = dict(zip(prof.index, cl, strict=True))
         repl = promoted[[cluster[u] for u in users[noisy]]]
     else:
+        promoted = np.array([], dtype=np.int64)
         repl = rng.integers(0, ds.n_items, int(noisy.sum()))
     bad.loc[noisy, "item_id"] = ds.items["item_id"].to_numpy()[repl]
     noisy_split = dataclasses.replace(split, train=split.train.with_tables(interactions=bad))
@@ -325,18 +385,23 @@ def loop(frac: float = 0.2, seed: int = 0, epochs: int = 1) -> str:
     params = {"tuning": "top_k", "tuning_config": {"k": 2}, "epochs": epochs, "patience": 1, "num_threads": 2,
               "verbose": True}
 
-    def fit_eval(sp: object, name: str) -> tuple[object, dict[str, float], float]:
+    ts = rec_testset(split, "test")
+
+    def evaluate(m: object) -> dict[str, object]:
+        r = evaluate_full_ranking(m, ts.users, ts.targets, ks=(10,), n_bootstrap=1000, progress=False)  # type: ignore[arg-type]
+        return {"ndcg": r.metrics["ndcg@10"], "hr": r.metrics["hr@10"], "lo": r.ci["ndcg@10"][0],
+                "hi": r.ci["ndcg@10"][1], "per_user": [None if np.isnan(x) else float(x) for x in r.per_user["ndcg@10"]]}
+
+    def fit_eval(sp: object, name: str) -> tuple[object, dict[str, object], float]:
         t0 = time.perf_counter()
         m = get_model_class("lm")(**params).fit(sp.train, sp.valid)  # type: ignore[attr-defined]
         secs = time.perf_counter() - t0
-        r = evaluate_model(m, split, "recommend", n_bootstrap=1000, progress=False)
-        out = {"ndcg": r["metrics"]["ndcg@10"], "hr": r["metrics"]["hr@10"], "lo": r["ci"]["ndcg@10"][0],
-               "hi": r["ci"]["ndcg@10"][1]}
-        print(name, out, f"{secs:.0f}s", flush=True)
+        out = evaluate(m)
+        print(name, {k: v for k, v in out.items() if k != "per_user"}, f"{secs:.0f}s", flush=True)
         return m, out, secs
 
     cached = OUT / f"loop-clean-seed{seed}-epochs{epochs}.json"
-    if cached.exists():
+    if cached.exists() and "per_user" in json.loads(cached.read_text()):  # older files lack per-user values
         clean, s_clean = json.loads(cached.read_text()), 0.0
         print("clean (stored)", clean, flush=True)
     else:
@@ -348,7 +413,10 @@ def loop(frac: float = 0.2, seed: int = 0, epochs: int = 1) -> str:
         from shoprank.models.base import load_model
 
         noisy_model, dirty, s_dirty = load_model(stored / "model"), json.loads((stored / "eval.json").read_text()), 0.0
-        print("noisy (stored)", dirty, flush=True)
+        if "per_user" not in dirty:
+            dirty = evaluate(noisy_model)
+            (stored / "eval.json").write_text(json.dumps(dirty))
+        print("noisy (stored)", {k: v for k, v in dirty.items() if k != "per_user"}, flush=True)
     else:
         noisy_model, dirty, s_dirty = fit_eval(noisy_split, "noisy")
         noisy_model.save(stored / "model")  # type: ignore[attr-defined]
@@ -387,11 +455,32 @@ def loop(frac: float = 0.2, seed: int = 0, epochs: int = 1) -> str:
         print(rows[-1], flush=True)
     # retrain without what the model-confidence values flag (2-means, as in the detection protocol)
     flags = np.zeros(len(tr), bool)
-    flags[has] = kmeans_flags((conf if drop_by == "confidence" else knn)[has], seed=seed)
+    group_note = ""
+    if drop_by == "knn-items":  # groups: all events of the products whose clicks are worth significantly less
+        from shoprank.valuation.experiments import low_value_groups
+
+        ev_items = bad["item_id"].astype(str).to_numpy()
+        g = low_value_groups(knn[has], ev_items[has])
+        bad_items = g.loc[g["flagged"], "group"].tolist()
+        flags = np.isin(ev_items, bad_items)
+        group_note = (f" ({len(bad_items)} products flagged by a one-sided Welch t-test of their events' mean "
+                      f"KNN-Shapley value against all other events, Bonferroni p < 0.01, >= 5 events; "
+                      f"{len(set(bad_items) & set(ds.items['item_id'].astype(str).to_numpy()[promoted]))} of them "
+                      "promoted)" if noise != "random" else "")
+    else:
+        flags[has] = kmeans_flags((conf if drop_by == "confidence" else knn)[has], seed=seed)
     kept = noisy_split.train.with_tables(interactions=bad[~flags].reset_index(drop=True))
     _, cleaned, s_cleaned = fit_eval(dataclasses.replace(split, train=kept), "cleaned")
     lost = clean["ndcg"] - dirty["ndcg"]
     rec = (cleaned["ndcg"] - dirty["ndcg"]) / lost if lost > 0 else float("nan")
+
+    def paired(a: dict[str, object], b: dict[str, object]) -> str:
+        d = paired_bootstrap_diff(np.array(a["per_user"], dtype=float), np.array(b["per_user"], dtype=float),
+                                  n=2000, nan_policy="omit")
+        return f"{d.diff:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}], p = {d.p_value:.3f}"
+
+    paired_note = (f"Paired bootstrap over the same test rows (2,000 resamples): clean minus noisy {paired(clean, dirty)}; "
+                   f"cleaned minus noisy {paired(cleaned, dirty)}; clean minus cleaned {paired(clean, cleaned)}.\n\n")
     table = [
         {"training events": "clean" + (" (stored fit)" if not s_clean else ""), "n": len(tr), "NDCG@10": clean["ndcg"], "95% CI": f"[{clean['lo']:.4f}, {clean['hi']:.4f}]", "HR@10": clean["hr"], "fit s": round(s_clean)},
         {"training events": f"{frac:.0%} {noise} clicks injected" + (" (stored fit)" if not s_dirty else ""), "n": len(tr), "NDCG@10": dirty["ndcg"], "95% CI": f"[{dirty['lo']:.4f}, {dirty['hi']:.4f}]", "HR@10": dirty["hr"], "fit s": round(s_dirty)},
@@ -401,11 +490,14 @@ def loop(frac: float = 0.2, seed: int = 0, epochs: int = 1) -> str:
     what = {"random": "random catalog items", "spam": "one of 20 promoted items (click spam)",
             "targeted": "targeted click spam (20 promoted items, each clicked by the shoppers of one of 20 "
                         "taste clusters: k-means of their history's mean MiniLM item vector)"}[noise]
-    by = "model-confidence" if drop_by == "confidence" else "KNN-Shapley"
+    by = {"confidence": "the 2-means low cluster of the model-confidence values",
+          "knn": "the 2-means low cluster of the KNN-Shapley values",
+          "knn-items": "every event of the products whose events' KNN-Shapley values are significantly low"
+                       + group_note}[drop_by]
     return (f"Closing the loop on amazon-industrial (`lm` top_k k=2, {epochs} epoch, trained on valid.csv's events; "
             f"test = the predefined test rows, full ranking over {ds.n_items} items): {int(noisy.sum()):,} of "
             f"{len(tr):,} training events ({frac:.0%}) replaced by {what} (seed {seed}); the noisy "
-            f"events valued, the 2-means low cluster of the {by} values dropped "
+            f"events valued, {by} dropped "
             f"({int(flags.sum()):,} events, {flagged_noisy:,} of them injected), and the LM retrained.\n\n"
             + md_table(table, ["training events", "n", "NDCG@10", "95% CI", "HR@10", "fit s"])
             + (f"\n\nNDCG@10 lost to the noise: {lost:.4f}; recovered by value-aware retraining: "
@@ -413,6 +505,7 @@ def loop(frac: float = 0.2, seed: int = 0, epochs: int = 1) -> str:
                if lost > 0 else
                f"\n\nThe noise did not lower NDCG@10 (noisy minus clean: {-lost:+.4f}), so there is no loss to "
                f"recover; value-aware retraining changed NDCG@10 by {cleaned['ndcg'] - dirty['ndcg']:+.4f}.\n\n")
+            + paired_note
             + "Detection of the injected events by the values (events with at least one earlier event; "
             "KNN-Shapley and Data-OOB on frozen MiniLM features: mean history embedding -> next-item embedding):\n\n"
             + md_table(rows, ["method", "F1", "AUROC", "P@k", "seconds"]))
@@ -523,11 +616,11 @@ def active(seeds: tuple[int, ...] = (0, 1, 2), start: int = 200, step: int = 200
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="correctness,speed,oob,detect,amazon,loop,active")
+    ap.add_argument("--only", default="correctness,speed,oob,detect,detect-lm,amazon,loop,active")
     ap.add_argument("--no-pydvl-50k", action="store_true", help="skip pyDVL at 50k x 1k (minutes)")
     ap.add_argument("--detect-datasets", default="", help="e.g. m3e,tallrec (default: all)")
     ap.add_argument("--loop-noise", default="random", choices=["random", "spam", "targeted"])
-    ap.add_argument("--loop-drop-by", default="confidence", choices=["confidence", "knn"])
+    ap.add_argument("--loop-drop-by", default="confidence", choices=["confidence", "knn", "knn-items"])
     ap.add_argument("--no-record", action="store_true")
     a = ap.parse_args()
     LOOP.update(noise=a.loop_noise, drop_by=a.loop_drop_by)
@@ -535,7 +628,7 @@ def main() -> None:
     parts, only = [], set(a.only.split(","))
     t0 = time.perf_counter()
     for key, fn in (("correctness", correctness), ("speed", lambda: speed(not a.no_pydvl_50k)),
-                    ("oob", oob_speed), ("detect", detect), ("amazon", amazon_noise), ("loop", loop),
+                    ("oob", oob_speed), ("detect", detect), ("detect-lm", detect_lm), ("amazon", amazon_noise), ("loop", loop),
                     ("active", active)):
         if key in only:
             t = time.perf_counter()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from shoprank.valuation.base import Valuation, available_methods, get_method, register_method
 from shoprank.valuation.baselines import RandomValuation
+from shoprank.valuation.crossfit import CrossFitConfidence
 from shoprank.valuation.knn import KNNShapley, knn_attribution, knn_shapley_values, knn_utility
 from shoprank.valuation.oob import DataOOB
 from shoprank.valuation.parallel import (
@@ -66,7 +67,7 @@ __all__ = [
     "Checkpoint", "DataInf", "InfluenceFunction", "LossModel", "ModuleLoss", "TowerLoss", "TracIn",
     "datainf_values", "influence_values", "inverse_hvp", "load_checkpoints", "lora_datainf", "tracin_values", "model_confidence",
     "AbsoluteStandardError", "AntitheticPermutationSampler", "AntitheticUniformSampler", "Backend",
-    "BetaShapley", "DataOOB", "ExactBanzhaf", "ExactBetaShapley", "ExactShapley", "FunctionUtility",
+    "BetaShapley", "CrossFitConfidence", "DataOOB", "ExactBanzhaf", "ExactBetaShapley", "ExactShapley", "FunctionUtility",
     "JoblibBackend", "KNNShapley", "LeaveOneOut", "MSRBanzhaf", "MaxChecks", "MaxTime", "MaxUpdates",
     "MinUpdates", "ModelUtility", "PermutationSampler", "RandomValuation", "RayBackend",
     "RelativeStandardError", "Sampler", "Scorer", "SequentialBackend", "StoppingCriterion", "TMCShapley",

@@ -87,5 +87,5 @@ def available_methods() -> list[str]:
 def _import_builtin() -> None:
     import importlib
 
-    for m in ("knn", "oob", "semivalues", "baselines"):
+    for m in ("knn", "oob", "semivalues", "baselines", "crossfit"):
         importlib.import_module(f"shoprank.valuation.{m}")

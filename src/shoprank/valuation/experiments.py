@@ -72,6 +72,41 @@ def kmeans_flags(values: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.asarray(km.labels_ == low)
 
 
+def low_value_groups(values: np.ndarray, groups: np.ndarray, *, alpha: float = 0.01, min_size: int = 5
+                     ) -> pd.DataFrame:
+    """Groups whose records are worth significantly less than the average record.
+
+    Why: a click farm spreads its events over a few products, each event looking only
+    slightly worse than an unremarkable real one, so no single event stands out; as a group
+    their mean value is far below the data's mean with hundreds of events behind it. One-sided
+    Welch t-test of each group's mean against the mean of all other records; flagged when
+    p < alpha / number of groups tested (Bonferroni) and the group has >= min_size records.
+    Returns one row per group: n, mean, t, p, flagged (most significant first)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    g = np.asarray(groups)
+    if len(v) != len(g):
+        raise ShoprankError(f"values ({len(v)}) and groups ({len(g)}) differ in length")
+    keys, inv = np.unique(g, return_inverse=True)
+    n = np.bincount(inv, minlength=len(keys)).astype(np.float64)
+    s = np.bincount(inv, weights=v, minlength=len(keys))
+    sq = np.bincount(inv, weights=v * v, minlength=len(keys))
+    mean = s / n
+    var = np.where(n > 1, (sq - n * mean**2) / np.maximum(n - 1, 1), np.nan)
+    n_rest = len(v) - n
+    mean_rest = (v.sum() - s) / np.maximum(n_rest, 1)
+    var_rest = ((v * v).sum() - sq - n_rest * mean_rest**2) / np.maximum(n_rest - 1, 1)
+    se = np.sqrt(np.maximum(var, 0) / n + np.maximum(var_rest, 0) / np.maximum(n_rest, 1))
+    t = np.where(se > 0, (mean - mean_rest) / np.where(se > 0, se, 1.0), 0.0)
+    dof = np.maximum(n - 1, 1)
+    p = stats.t.cdf(t, dof)
+    tested = n >= min_size
+    flagged = tested & (p < alpha / max(int(tested.sum()), 1))
+    out = pd.DataFrame({"group": keys, "n": n.astype(np.int64), "mean": mean, "t": t, "p": p, "flagged": flagged})
+    return out.sort_values(["p", "t"]).reset_index(drop=True)
+
+
 def detection_metrics(values: np.ndarray, noisy: np.ndarray, *, seed: int = 0) -> dict[str, float]:
     """F1 of the 2-means flags, AUROC of -value for "noisy", precision at k = #noisy."""
     from sklearn.metrics import f1_score, roc_auc_score
