@@ -49,6 +49,8 @@ def test_folds_are_stratified_and_settings_checked() -> None:
     x, y2 = _blobs(20)
     with pytest.raises(ShoprankError, match="n_folds"):
         CrossFitConfidence(n_folds=1).fit(ValuationData(x, y2, x, y2))
+    with pytest.raises(ShoprankError, match="class labels"):
+        CrossFitConfidence().fit(ValuationData(x, np.ones((20, 3)), x, y2))
     with pytest.raises(ShoprankError, match="single class"):
         CrossFitConfidence().fit(ValuationData(x, np.zeros(20, int), x, y2))
 

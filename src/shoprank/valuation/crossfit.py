@@ -63,6 +63,9 @@ class CrossFitConfidence(Valuation):
         if self.n_folds < 2 or self.n_repeats < 1:
             raise ShoprankError(f"cross-fit needs n_folds >= 2 and n_repeats >= 1, got {self.n_folds}, {self.n_repeats}")
         y = np.asarray(data.y_train)
+        if y.ndim != 1:
+            raise ShoprankError("cross-fit values class labels (one per record); for vector targets such as "
+                                "next-item embeddings use knn-shapley or data-oob with target='embedding'")
         if np.unique(y).size < 2:
             raise ShoprankError("cross-fit: the training labels have a single class")
         est = self.estimator
