@@ -90,6 +90,8 @@ class TextClassifier:
                     total += float(loss.item()) * len(idx)
                     bar.update(len(idx))
             self.history_.append({"epoch": epoch, "loss": total / len(texts), "seconds": time.perf_counter() - t0})
+        tower.set_caching(False)  # predictions use the model's own forward; the cache is freed
+        tower.clear_cache()
         tower.eval()
         head.eval()
         self.tower_, self.head_ = tower, head
