@@ -50,7 +50,7 @@ from shoprank.valuation.experiments import method_factory, noise_detection_exper
 CACHE = Path(__file__).resolve().parent / "out" / "cache"
 DETECT_ONLY: list[str] = []  # --detect-datasets: substrings of the dataset names to run
 LOOP = {"noise": "random", "drop_by": "confidence"}  # --loop-noise, --loop-drop-by
-ACTIVE = {"features": "all"}  # --active-features
+ACTIVE: dict[str, object] = {"features": "all", "seeds": 3}  # --active-features, --active-seeds
 OUT = Path(__file__).resolve().parent / "out"
 K = 10
 
@@ -534,7 +534,7 @@ def loop(frac: float = 0.2, seed: int = 0, epochs: int = 1) -> str:
             + md_table(rows, ["method", "F1", "AUROC", "P@k", "seconds"]))
 
 
-def active(seeds: tuple[int, ...] = (0, 1, 2), start: int = 200, step: int = 200, budget: int = 4000) -> str:
+def active(seeds: tuple[int, ...] | None = None, start: int = 200, step: int = 200, budget: int = 4000) -> str:
     """Active labelling on homedepot-search: which (query, product) pairs to send to annotators.
 
     Pool = the training queries' judged pairs with their labels hidden; a relevance model
@@ -584,6 +584,7 @@ def active(seeds: tuple[int, ...] = (0, 1, 2), start: int = 200, step: int = 200
         return graded_ndcg([scores[g] for g in groups], [np.clip(gt[g] - gmin, 0, None) for g in groups], k=10)
 
     learned = ACTIVE["features"] == "learned"
+    seeds = seeds if seeds is not None else tuple(range(int(ACTIVE["seeds"])))  # type: ignore[call-overload]
     no_label_scores = np.random.default_rng(0).random(len(xt)) if learned else xt[:, -2]
 
     def fit_score(idx: np.ndarray) -> float:
@@ -633,7 +634,9 @@ def active(seeds: tuple[int, ...] = (0, 1, 2), start: int = 200, step: int = 200
                      f"at {sizes[len(sizes) // 2]}": float(mean[len(sizes) // 2]), f"at {sizes[-1]}": float(mean[-1]),
                      "labels to 95% of full NDCG": f"{np.nanmean(lit):.0f}",
                      "labels to 95% of full gain": (f"{np.nanmean(gain):.0f}" if not np.isnan(gain).all() else
-                                                    f"> {budget}") + f" ({sum(~np.isnan(gain))}/{len(gain)} seeds reach it)"})
+                                                    f"> {budget}") + f" ({sum(~np.isnan(gain))}/{len(gain)} seeds reach it)",
+                     "per seed (gain)": " ".join("-" if np.isnan(g) else f"{g:.0f}" for g in gain),
+                     "mean NDCG@10 over the curve": float(np.mean(mean[1:]))})
     feats_desc = ("the elementwise product of the frozen MiniLM query and product vectors only (no cosine, no "
                   "BM25: a relevance model that learns everything from the labels)" if learned else
                   "frozen MiniLM query x product features, cosine and BM25")
@@ -653,10 +656,11 @@ def main() -> None:
     ap.add_argument("--loop-noise", default="random", choices=["random", "spam", "targeted"])
     ap.add_argument("--loop-drop-by", default="confidence", choices=["confidence", "knn", "knn-items"])
     ap.add_argument("--active-features", default="all", choices=["all", "learned"])
+    ap.add_argument("--active-seeds", type=int, default=3)
     ap.add_argument("--no-record", action="store_true")
     a = ap.parse_args()
     LOOP.update(noise=a.loop_noise, drop_by=a.loop_drop_by)
-    ACTIVE.update(features=a.active_features)
+    ACTIVE.update(features=a.active_features, seeds=a.active_seeds)
     DETECT_ONLY.extend(x for x in a.detect_datasets.split(",") if x)
     parts, only = [], set(a.only.split(","))
     t0 = time.perf_counter()

@@ -55,6 +55,8 @@ def test_point_methods_on_search_and_click(shop: tuple, fake_embeddings: None, t
     job = run_valuation(ds, "knn-shapley", task="search", group_by="labeler", params={"k": 5})
     assert len(job.result) == len(job.records.frame) and job.curves is not None
     assert job.groups is not None and len(job.groups) == 4
+    low = job.groups[["low_t", "low_p", "significantly_low"]]
+    assert low["low_p"].between(0, 1).all() and low["significantly_low"].dtype == bool
     files = job.save(tmp_path / "out")
     vals = pd.read_csv(files["values"])
     assert {"value", "stderr", "query", "item_id", "labeler"} <= set(vals.columns)

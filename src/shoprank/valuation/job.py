@@ -21,7 +21,7 @@ from shoprank.data.splits import DataSplit
 from shoprank.errors import ShoprankError
 from shoprank.valuation.acquisition import AcquisitionPlanner, aggregate, group_table
 from shoprank.valuation.base import get_method
-from shoprank.valuation.experiments import value_curves
+from shoprank.valuation.experiments import low_value_groups, value_curves
 from shoprank.valuation.features import Records, build_records, interaction_records
 from shoprank.valuation.result import ValuationResult
 from shoprank.valuation.stopping import MaxTime, MaxUpdates, RelativeStandardError
@@ -112,6 +112,7 @@ def run_valuation(
                                                             cache_dir=cache_dir, max_rows=max_rows, seed=seed)
     notes: list[str] = []
     labels = rec.group_labels(group_by) if group_by else None
+    point_values: np.ndarray | None = None
     if m.level == "points":
         if rec.task == "interactions" and method != "random":
             raise ShoprankError(f"method {method!r} values feature vectors: use --task click or --task search "
@@ -123,6 +124,7 @@ def run_valuation(
             m.seed = seed
         point = m.fit(rec.data).result
         result = point
+        point_values = point.values
         group_res = aggregate(point, labels) if labels is not None else None
     else:
         data = rec.data.with_groups(labels)
@@ -140,6 +142,11 @@ def run_valuation(
         result = m.fit(u).result
         group_res = result if labels is not None else None
     job = ValuationJob(method, rec.task, rec, result, group_by, notes=notes)
+    low = None
+    if labels is not None and point_values is not None:  # are a group's records worth less than the rest?
+        low = low_value_groups(point_values, labels).rename(
+            columns={"t": "low_t", "p": "low_p", "flagged": "significantly_low"})[
+            ["group", "low_t", "low_p", "significantly_low"]]
     if group_res is not None and labels is not None:
         names, members = rec.data.with_groups(labels).group_index()
         sizes = {g: len(mm) for g, mm in zip(names, members, strict=True)}
@@ -148,6 +155,12 @@ def run_valuation(
         if acquisition and len(names) <= 50:
             plan = AcquisitionPlanner(rec.model, rec.scorer, costs=cost, n_more=n_more, seeds=(seed,))
             table = plan.fit(rec.data.with_groups(labels), group_res).table_
+        if low is not None:
+            table = table.merge(low, on="group", how="left")
+            n_low = int(table["significantly_low"].fillna(False).astype(bool).sum())
+            if n_low:
+                notes.append(f"{n_low} {group_by} group(s) worth significantly less per record than the rest "
+                             "(one-sided t-test, Bonferroni p < 0.01): column significantly_low")
         job.groups = table
     if curves and m.level == "points" and rec.task != "interactions":
         if len(rec.frame) <= MAX_CURVE_ROWS:
