@@ -319,7 +319,7 @@ def serve(
 @app.command()
 def value(
     data: Annotated[Path, typer.Option(help="dataset folder")],
-    method: Annotated[str, typer.Option(help="knn-shapley | data-oob | tmc-shapley | beta-shapley | msr-banzhaf | loo | exact-shapley | influence | tracin | datainf | random")],
+    method: Annotated[str, typer.Option(help="knn-shapley | data-oob | cross-fit | tmc-shapley | beta-shapley | msr-banzhaf | loo | exact-shapley | influence | tracin | datainf | random")],
     out: Annotated[Path, typer.Option(help="folder for values.csv, groups.csv and report.html")],
     group_by: Annotated[str | None, typer.Option("--group-by", help="value groups: a column (source, labeler, category, event, ...) or day/week/month")] = None,
     model: Annotated[Path | None, typer.Option(help="trained dense/lm model directory whose embeddings to use")] = None,
