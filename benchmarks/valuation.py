@@ -49,7 +49,7 @@ from shoprank.valuation.experiments import method_factory, noise_detection_exper
 
 CACHE = Path(__file__).resolve().parent / "out" / "cache"
 DETECT_ONLY: list[str] = []  # --detect-datasets: substrings of the dataset names to run
-LOOP = {"noise": "random", "drop_by": "confidence"}  # --loop-noise, --loop-drop-by
+LOOP: dict[str, object] = {"noise": "random", "drop_by": "confidence", "seed": 0}  # --loop-noise, --loop-drop-by, --loop-seed
 ACTIVE: dict[str, object] = {"features": "all", "seeds": 3}  # --active-features, --active-seeds
 OUT = Path(__file__).resolve().parent / "out"
 K = 10
@@ -353,7 +353,7 @@ def amazon_noise(frac: float = 0.2, seeds: tuple[int, ...] = (0, 1, 2)) -> str:
             + md_table(table, ["noise", "method", "F1", "AUROC", "P@k"]))
 
 
-def loop(frac: float = 0.2, seed: int = 0, epochs: int = 1) -> str:
+def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
     """Closing the loop on amazon-industrial: inject 20% noisy clicks into the LM's training
     events, value every event, drop the ones the values flag, retrain, and compare test NDCG@10
     with the clean and the noisy model (same settings).
@@ -367,7 +367,8 @@ def loop(frac: float = 0.2, seed: int = 0, epochs: int = 1) -> str:
     earlier run stored it (the table says so)."""
     import json
 
-    noise, drop_by = LOOP["noise"], LOOP["drop_by"]
+    noise, drop_by = str(LOOP["noise"]), str(LOOP["drop_by"])
+    seed = int(LOOP["seed"]) if seed is None else seed  # type: ignore[call-overload]
     from shoprank.data.loaders import import_dataset
     from shoprank.data.splits import histories_for, split_dataset
     from shoprank.evaluation import paired_bootstrap_diff
@@ -423,7 +424,7 @@ def loop(frac: float = 0.2, seed: int = 0, epochs: int = 1) -> str:
         print(name, {k: v for k, v in out.items() if k != "per_user"}, f"{secs:.0f}s", flush=True)
         return m, out, secs
 
-    cached = OUT / f"loop-clean-seed{seed}-epochs{epochs}.json"
+    cached = OUT / f"loop-clean-seed0-epochs{epochs}.json"  # the noise seed does not touch the clean fit
     if cached.exists() and "per_user" in json.loads(cached.read_text()):  # older files lack per-user values
         clean, s_clean = json.loads(cached.read_text()), 0.0
         print("clean (stored)", clean, flush=True)
@@ -655,11 +656,12 @@ def main() -> None:
     ap.add_argument("--detect-datasets", default="", help="e.g. m3e,tallrec (default: all)")
     ap.add_argument("--loop-noise", default="random", choices=["random", "spam", "targeted"])
     ap.add_argument("--loop-drop-by", default="confidence", choices=["confidence", "knn", "knn-items"])
+    ap.add_argument("--loop-seed", type=int, default=0, help="which events get the noise (the LM's own training seed stays fixed)")
     ap.add_argument("--active-features", default="all", choices=["all", "learned"])
     ap.add_argument("--active-seeds", type=int, default=3)
     ap.add_argument("--no-record", action="store_true")
     a = ap.parse_args()
-    LOOP.update(noise=a.loop_noise, drop_by=a.loop_drop_by)
+    LOOP.update(noise=a.loop_noise, drop_by=a.loop_drop_by, seed=a.loop_seed)
     ACTIVE.update(features=a.active_features, seeds=a.active_seeds)
     DETECT_ONLY.extend(x for x in a.detect_datasets.split(",") if x)
     parts, only = [], set(a.only.split(","))
