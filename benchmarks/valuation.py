@@ -427,7 +427,7 @@ def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
     cached = OUT / f"loop-clean-seed0-epochs{epochs}.json"  # the noise seed does not touch the clean fit
     if cached.exists() and "per_user" in json.loads(cached.read_text()):  # older files lack per-user values
         clean, s_clean = json.loads(cached.read_text()), 0.0
-        print("clean (stored)", clean, flush=True)
+        print("clean (stored)", {k: v for k, v in clean.items() if k != "per_user"}, flush=True)
     else:
         _, clean, s_clean = fit_eval(split, "clean")
         cached.parent.mkdir(parents=True, exist_ok=True)
