@@ -64,6 +64,10 @@ def test_point_methods_on_search_and_click(shop: tuple, fake_embeddings: None, t
     assert "data:image/png;base64," in html and "Removal curves" in html and "labeler" in html
     oob = run_valuation(ds, "data-oob", task="click", params={"n_estimators": 10}, curves=False)
     assert oob.records.task == "click" and len(oob.result) == len(oob.records.frame)
+    cf = run_valuation(ds, "cross-fit", task="click", group_by="source", curves=False, acquisition=False)
+    assert cf.groups is not None and any("minus the mean record value" in n for n in cf.notes)
+    # scores, not contributions: centred before summing, so the group totals add up to zero
+    assert abs(cf.groups["value"].sum()) < 1e-6 * max(1.0, float(np.abs(cf.result.values).sum()))
     rec = build_records(ds, "interactions")
     assert len(set(rec.group_labels("week"))) > 5
     cats = rec.group_labels("category")

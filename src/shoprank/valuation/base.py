@@ -25,6 +25,9 @@ class Valuation(ABC):
     #: "points": values every training row; "players": values the utility's players
     #: (groups when the data has groups).
     level: ClassVar[str] = "points"
+    #: whether record values add up to a group's worth (Shapley-style contributions); scores
+    #: such as out-of-bag accuracy or a log-probability do not, and are centred before summing
+    additive: ClassVar[bool] = True
     result_: ValuationResult
 
     @abstractmethod

@@ -52,6 +52,8 @@ class CrossFitConfidence(Valuation):
     `n_folds` >= 2; `n_repeats` fold assignments averaged. Validation data is not used.
     """
 
+    additive = False
+
     def __init__(self, estimator: Any = None, *, n_folds: int = 2, n_repeats: int = 1, floor: float = 1e-6,
                  seed: int = 0, progress: bool = False) -> None:
         self.estimator, self.n_folds, self.n_repeats = estimator, n_folds, n_repeats

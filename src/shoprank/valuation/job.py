@@ -125,7 +125,15 @@ def run_valuation(
         point = m.fit(rec.data).result
         result = point
         point_values = point.values
-        group_res = aggregate(point, labels) if labels is not None else None
+        group_res = None
+        if labels is not None:
+            summed = point
+            if not m.additive:  # a group's total should say how much better than average its records are
+                summed = ValuationResult(point.values - point.values.mean(), variances=point.variances,
+                                         counts=point.counts, names=point.names, algorithm=point.algorithm)
+                notes.append(f"{method} values are scores, not contributions: a group's value is the sum of its "
+                             "records' values minus the mean record value")
+            group_res = aggregate(summed, labels)
     else:
         data = rec.data.with_groups(labels)
         u = ModelUtility(rec.model, data, rec.scorer)

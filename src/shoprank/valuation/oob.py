@@ -116,6 +116,8 @@ class DataOOB(Valuation):
     as next-item embeddings; OOB cosine of predicted and true vector). Validation data is not used.
     """
 
+    additive = False
+
     def __init__(self, n_estimators: int = 100, estimator: Any = "ridge", *, target: str = "classification",
                  n_components: int | None = 64, alpha: float = 1.0, max_samples: float = 1.0, seed: int = 0,
                  backend: str | Backend | None = None, n_jobs: int = 1) -> None:
