@@ -196,6 +196,29 @@ def tallrec_data(n_train: int = 4000) -> ValuationData:
     return ValuationData(feats(tr), tr["rating"].to_numpy(dtype=np.int64), feats(va), va["rating"].to_numpy(dtype=np.int64))
 
 
+def _fmt(r: dict) -> dict[str, object]:
+    """One summarised detection row (mean ± std over seeds) as printed in the tables."""
+    out: dict[str, object] = {"F1": f"{r['f1']:.3f} ± {r['f1_std']:.3f}",
+                              "AUROC": f"{r['auroc']:.3f} ± {r['auroc_std']:.3f}", "P@k": f"{r['precision_at_k']:.3f}"}
+    if "seconds" in r:
+        out["seconds"] = round(float(r["seconds"]), 2)
+    return out
+
+
+def _targeted_spam(rng: np.random.Generator, n_items: int, vectors: np.ndarray, users: np.ndarray,
+                   noisy: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Targeted click spam: 20 promoted items, each given to the shoppers of one of 20 k-means
+    taste clusters (a user = the mean of `vectors` over their rows). Returns the items for the
+    noisy rows and the promoted items."""
+    from sklearn.cluster import KMeans
+
+    promoted = rng.choice(n_items, 20, replace=False)
+    users = np.asarray(users)
+    prof = pd.DataFrame(vectors).groupby(users).mean()
+    cluster = dict(zip(prof.index, KMeans(20, n_init=4, random_state=seed).fit_predict(prof.to_numpy()), strict=True))
+    return promoted[[cluster[u] for u in users[noisy]]], promoted
+
+
 def detect() -> str:
     methods = {
         "knn-shapley (K=10, cosine)": method_factory("knn-shapley", k=10, metric="cosine"),
@@ -219,9 +242,7 @@ def detect() -> str:
         df = noise_detection_experiment(data, methods, noise_frac=0.2, seeds=(0, 1, 2))
         s = summarize(df)
         for r in s.to_dict("records"):
-            rows.append({"dataset": name, "method": r["method"],
-                         "F1": f"{r['f1']:.3f} ± {r['f1_std']:.3f}", "AUROC": f"{r['auroc']:.3f} ± {r['auroc_std']:.3f}",
-                         "P@k": f"{r['precision_at_k']:.3f}", "seconds": round(float(r["seconds"]), 2)})
+            rows.append({"dataset": name, "method": r["method"], **_fmt(r)})
             print(rows[-1], flush=True)
     return ("Label-noise detection (OpenDataVal protocol): 20% of training labels flipped, F1 of a 2-means "
             "clustering of the values (low cluster = flagged), AUROC of -value, precision at k = number flipped; "
@@ -245,32 +266,19 @@ def detect_lm(seeds: tuple[int, ...] = (0, 1, 2), epochs: int = 2) -> str:
     text_data = ValuationData(texts[:n_train], data.y_train, texts[n_train:], data.y_valid)
     clf = TextClassifier("m3e-small", tuning="top_k", tuning_config={"k": 2}, epochs=epochs, batch_size=32,
                          max_length=128, num_threads=2, progress=True)
-    methods: dict[str, object] = {
+    methods = {
         "data-oob (100 ridge bags, frozen features)": method_factory("data-oob", n_estimators=100),
         "knn-shapley (K=30, cosine, frozen features)": method_factory("knn-shapley", k=30, metric="cosine"),
         "cross-fit logistic regression (2 folds, frozen features)": method_factory("cross-fit", n_folds=2),
         f"cross-fit fine-tuned m3e-small (2 folds, top_k k=2, {epochs} epochs)":
             lambda seed: CrossFitConfidence(clf, n_folds=2, seed=seed, progress=True),
     }
-    out = []
-    from shoprank.valuation.experiments import detection_metrics, flip_labels
-
-    for seed in seeds:
-        y_noisy, noisy = flip_labels(data.y_train, 0.2, seed=seed)
-        for name, make in methods.items():
-            d = text_data if name.startswith("cross-fit fine-tuned") else data
-            nd = ValuationData(d.x_train, y_noisy, d.x_valid, d.y_valid)
-            t0 = time.perf_counter()
-            v = make(seed).fit(nd).values  # type: ignore[operator]
-            out.append({"method": name, "seed": seed, **detection_metrics(v, noisy, seed=seed),
-                        "seconds": time.perf_counter() - t0})
-            print(out[-1], flush=True)
-        out.append({"method": "random", "seed": seed, "seconds": 0.0,
-                    **detection_metrics(np.random.default_rng(seed).random(n_train), noisy, seed=seed)})
-    df = summarize(pd.DataFrame(out))
-    rows = [{"method": r["method"], "F1": f"{r['f1']:.3f} ± {r['f1_std']:.3f}",
-             "AUROC": f"{r['auroc']:.3f} ± {r['auroc_std']:.3f}", "P@k": f"{r['precision_at_k']:.3f}",
-             "seconds": round(float(r["seconds"]), 1)} for r in df.to_dict("records")]
+    tuned = [k for k in methods if k.startswith("cross-fit fine-tuned")]
+    frozen = noise_detection_experiment(data, {k: m for k, m in methods.items() if k not in tuned}, noise_frac=0.2,
+                                        seeds=seeds)
+    text = noise_detection_experiment(text_data, {k: methods[k] for k in tuned}, noise_frac=0.2, seeds=seeds)
+    df = summarize(pd.concat([frozen, text[text["method"] != "random"]]))
+    rows = [{"method": r["method"], **_fmt(r)} for r in df.to_dict("records")]
     oob = float(df.loc[df["method"].str.startswith("data-oob"), "f1"].iloc[0])
     best = df[~df["method"].str.startswith("data-oob") & (df["method"] != "random")].sort_values("f1").iloc[-1]
     return ("zh-shopping-reviews (5,000 training / 1,000 validation reviews), 20% of training labels flipped (the "
@@ -287,7 +295,6 @@ def amazon_noise(frac: float = 0.2, seeds: tuple[int, ...] = (0, 1, 2)) -> str:
     pairs by a random catalog item ("random") or by targeted click spam ("targeted": 20
     promoted items, each clicked by the shoppers of one of 20 taste clusters); can the values
     find them? KNN-Shapley values are also read per product (`low_value_groups`)."""
-    from sklearn.cluster import KMeans
 
     from shoprank.data.loaders import import_dataset
     from shoprank.text import render_items
@@ -320,11 +327,7 @@ def amazon_noise(frac: float = 0.2, seeds: tuple[int, ...] = (0, 1, 2)) -> str:
             if noise == "random":
                 y_items[noisy] = rng.integers(0, ds.n_items, int(noisy.sum()))
             else:
-                promoted = rng.choice(ds.n_items, 20, replace=False)
-                prof = pd.DataFrame(x[tr]).groupby(users[tr]).mean()
-                cluster = dict(zip(prof.index, KMeans(20, n_init=4, random_state=seed).fit_predict(prof.to_numpy()),
-                                   strict=True))
-                y_items[noisy] = promoted[[cluster[u] for u in users[tr][noisy]]]
+                y_items[noisy], _ = _targeted_spam(rng, ds.n_items, x[tr], users[tr], noisy, seed)
             data = ValuationData(x[tr], emb[y_items], x[va], emb[nxt[va]])
             scores = {name: make().fit(data).values for name, make in methods.items()}
             scores["cosine(history, next) heuristic"] = (x[tr] * emb[y_items]).sum(1)
@@ -338,9 +341,7 @@ def amazon_noise(frac: float = 0.2, seeds: tuple[int, ...] = (0, 1, 2)) -> str:
             m["f1"] = 2 * tp / max(int(flags.sum()) + int(noisy.sum()), 1)
             out.append({"noise": noise, "method": group_name, "seed": seed, **m})
     df = summarize(pd.DataFrame(out), by=["noise", "method"])
-    table = [{"noise": r["noise"], "method": r["method"], "F1": f"{r['f1']:.3f} ± {r['f1_std']:.3f}",
-              "AUROC": f"{r['auroc']:.3f} ± {r['auroc_std']:.3f}", "P@k": f"{r['precision_at_k']:.3f}"}
-             for r in df.to_dict("records")]
+    table = [{"noise": r["noise"], "method": r["method"], **_fmt(r)} for r in df.to_dict("records")]
     for r in table:
         print(r, flush=True)
     return (f"amazon-industrial injected noisy clicks: {len(tr):,} training pairs (history -> next item, valid.csv, "
@@ -391,15 +392,8 @@ def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
         promoted = rng.choice(ds.n_items, 20, replace=False)
         repl = promoted[rng.integers(0, 20, int(noisy.sum()))]
     elif noise == "targeted":  # each promoted item clicked by the shoppers of one taste cluster
-        from sklearn.cluster import KMeans
-
-        promoted = rng.choice(ds.n_items, 20, replace=False)
-        iid = ds.item_map.to_internal(tr["item_id"])
-        users = tr["user_id"].astype(str)
-        prof = pd.DataFrame(emb[iid]).groupby(users.to_numpy()).mean()
-        cl = KMeans(20, n_init=4, random_state=seed).fit_predict(prof.to_numpy())
-        cluster = dict(zip(prof.index, cl, strict=True))
-        repl = promoted[[cluster[u] for u in users[noisy]]]
+        repl, promoted = _targeted_spam(rng, ds.n_items, emb[ds.item_map.to_internal(tr["item_id"])],
+                                        tr["user_id"].astype(str).to_numpy(), noisy, seed)
     else:
         promoted = np.array([], dtype=np.int64)
         repl = rng.integers(0, ds.n_items, int(noisy.sum()))

@@ -61,12 +61,11 @@ def test_low_value_groups_finds_the_spammed_items() -> None:
     rng = np.random.default_rng(0)
     items = rng.integers(0, 200, 3000).astype(str)
     values = rng.normal(1.0, 2.0, 3000)
-    spam = np.isin(items, ["spam-a", "spam-b"])
     items = np.concatenate([items, ["spam-a"] * 150, ["spam-b"] * 80])
     values = np.concatenate([values, rng.normal(0.0, 2.0, 230)])
     g = low_value_groups(values, items)
     assert set(g.loc[g["flagged"], "group"]) == {"spam-a", "spam-b"}
-    assert not spam.any() and g["p"].is_monotonic_increasing
+    assert g["p"].is_monotonic_increasing
     assert g.loc[g["group"] == "spam-a", "n"].item() == 150
     with pytest.raises(ShoprankError, match="differ in length"):
         low_value_groups(values, items[:-1])

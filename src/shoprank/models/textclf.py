@@ -62,7 +62,7 @@ class TextClassifier:
             torch.set_num_threads(int(self.num_threads))
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
-        strategy = get_tuning(self.tuning, dict(self.tuning_config or ({"k": 2} if self.tuning == "top_k" else {})))
+        strategy = get_tuning(self.tuning, dict(self.tuning_config or {}))
         backbone, tok = load_backbone(self.encoder, dropout=self.dropout)
         tower: TextTower = strategy.build(backbone, tok, max_length=self.max_length)
         head = nn.Sequential(nn.Dropout(self.dropout), nn.Linear(tower.hidden_size, len(self.classes_)))

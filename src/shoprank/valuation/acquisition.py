@@ -27,13 +27,18 @@ from shoprank.valuation.utility import ModelUtility, Scorer, ValuationData
 # ---------------------------------------------------------------------------------------
 
 
-def aggregate(result: ValuationResult, groups: Sequence[Any] | np.ndarray, how: str = "sum") -> ValuationResult:
+def aggregate(result: ValuationResult, groups: Sequence[Any] | np.ndarray, how: str = "sum", *,
+              centre: bool = False) -> ValuationResult:
     """Point values summed (or averaged) per group: the cheap group value when retraining per
-    coalition is too expensive (a group's Shapley value is not exactly this sum)."""
+    coalition is too expensive (a group's Shapley value is not exactly this sum).
+    `centre`: subtract the mean record value first, for scores that are not contributions
+    (out-of-bag accuracy, a log-probability): the total then says how much better than an
+    average record the group's records are."""
     g = pd.Series(np.asarray(groups, dtype=object))
     if len(g) != len(result):
         raise ShoprankError("groups and values differ in length")
-    df = pd.DataFrame({"g": g, "v": result.values, "var": result.stderr**2})
+    v = result.values - result.values.mean() if centre else result.values
+    df = pd.DataFrame({"g": g, "v": v, "var": result.stderr**2})
     if how not in ("sum", "mean"):
         raise ShoprankError("how must be sum or mean")
     agg = df.groupby("g", sort=True).agg(v=("v", how), var=("var", "sum"), n=("v", "size"))

@@ -24,15 +24,7 @@ from tqdm.auto import tqdm
 from shoprank.errors import ShoprankError
 from shoprank.valuation.base import Valuation, register_method
 from shoprank.valuation.result import ValuationResult
-from shoprank.valuation.utility import ValuationData, make_model
-
-
-def _take(x: Any, idx: np.ndarray) -> Any:
-    if isinstance(x, list | tuple):
-        return [x[i] for i in idx]
-    if hasattr(x, "iloc"):
-        return x.iloc[idx]
-    return np.asarray(x)[idx] if not isinstance(x, np.ndarray) else x[idx]
+from shoprank.valuation.utility import ValuationData, _take, make_model
 
 
 def stratified_folds(y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

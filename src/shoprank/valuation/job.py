@@ -112,7 +112,7 @@ def run_valuation(
                                                             cache_dir=cache_dir, max_rows=max_rows, seed=seed)
     notes: list[str] = []
     labels = rec.group_labels(group_by) if group_by else None
-    point_values: np.ndarray | None = None
+    low: pd.DataFrame | None = None  # point methods: the per-group test of record values
     if m.level == "points":
         if rec.task == "interactions" and method != "random":
             raise ShoprankError(f"method {method!r} values feature vectors: use --task click or --task search "
@@ -124,16 +124,15 @@ def run_valuation(
             m.seed = seed
         point = m.fit(rec.data).result
         result = point
-        point_values = point.values
         group_res = None
         if labels is not None:
-            summed = point
-            if not m.additive:  # a group's total should say how much better than average its records are
-                summed = ValuationResult(point.values - point.values.mean(), variances=point.variances,
-                                         counts=point.counts, names=point.names, algorithm=point.algorithm)
+            group_res = aggregate(point, labels, centre=not m.additive)
+            if not m.additive:
                 notes.append(f"{method} values are scores, not contributions: a group's value is the sum of its "
                              "records' values minus the mean record value")
-            group_res = aggregate(summed, labels)
+            low = low_value_groups(point.values, labels).rename(  # records worth less than the rest?
+                columns={"t": "low_t", "p": "low_p", "flagged": "significantly_low"})[
+                ["group", "low_t", "low_p", "significantly_low"]]
     else:
         data = rec.data.with_groups(labels)
         u = ModelUtility(rec.model, data, rec.scorer)
@@ -150,11 +149,6 @@ def run_valuation(
         result = m.fit(u).result
         group_res = result if labels is not None else None
     job = ValuationJob(method, rec.task, rec, result, group_by, notes=notes)
-    low = None
-    if labels is not None and point_values is not None:  # are a group's records worth less than the rest?
-        low = low_value_groups(point_values, labels).rename(
-            columns={"t": "low_t", "p": "low_p", "flagged": "significantly_low"})[
-            ["group", "low_t", "low_p", "significantly_low"]]
     if group_res is not None and labels is not None:
         names, members = rec.data.with_groups(labels).group_index()
         sizes = {g: len(mm) for g, mm in zip(names, members, strict=True)}
@@ -165,7 +159,7 @@ def run_valuation(
             table = plan.fit(rec.data.with_groups(labels), group_res).table_
         if low is not None:
             table = table.merge(low, on="group", how="left")
-            n_low = int(table["significantly_low"].fillna(False).astype(bool).sum())
+            n_low = int(table["significantly_low"].sum())
             if n_low:
                 notes.append(f"{n_low} {group_by} group(s) worth significantly less per record than the rest "
                              "(one-sided t-test, Bonferroni p < 0.01): column significantly_low")

@@ -30,6 +30,8 @@ from shoprank.errors import ShoprankError
 def _take(x: Any, idx: np.ndarray) -> Any:
     if isinstance(x, (pd.DataFrame, pd.Series)):
         return x.iloc[idx]
+    if isinstance(x, list | tuple):
+        return [x[i] for i in idx]
     return x[idx]
 
 
