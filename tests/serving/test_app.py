@@ -191,6 +191,7 @@ def test_reload_swaps_without_failing_requests(client: TestClient, dense_service
 def test_ops_endpoints_page_and_openapi(client: TestClient, dense_service: Service) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"ready": True}
+    assert client.get("/v1/search", params={"q": "lamp"}).status_code == 200  # not left to other tests' order
     m = client.get("/metrics").text
     assert 'shoprank_request_seconds_bucket{le="0.005",method="GET",route="/v1/search"}' in m
     assert "shoprank_online_ctr" in m and 'shoprank_requests_total{method="GET",route="/v1/search",status="200"}' in m
