@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from shoprank.errors import ShoprankError
 from shoprank.valuation import ValuationData, ValuationResult
 from shoprank.valuation.acquisition import (
     AcquisitionPlanner,
@@ -71,3 +72,24 @@ def test_active_labeler_prefers_uncertain_valuable_points() -> None:
     unc = ActiveLabeler(strategy="uncertainty").fit(x, y)
     assert set(unc.select(pool, 2).tolist()) == {1, 3}
     assert len(ActiveLabeler(strategy="random").fit(x, y).select(pool, 3)) == 3
+
+
+def test_active_labeler_diverse_batch_spreads_over_the_boundary() -> None:
+    """Plain uncertainty spends the batch on near-copies; the diverse strategy covers the boundary."""
+    rng = np.random.default_rng(0)
+    half = rng.normal(size=(100, 3))
+    x = np.vstack([half, half * [1, -1, -1], half * [-1, 1, 1], half * [-1, -1, -1]])  # symmetric: boundary x0 = 0
+    y = (x[:, 0] > 0).astype(int)
+    copies = np.column_stack([np.zeros(50), 1.0 + rng.normal(0, 1e-3, 50), rng.normal(0, 1e-3, 50)])
+    spread = np.array([[0.05, -1.0, 0.0], [0.05, 0.0, 1.0], [0.05, 0.0, -1.0], [0.05, 0.7, -0.7]])  # distinct
+    far = np.column_stack([rng.choice([-6.0, 6.0], 100), rng.normal(size=(100, 2))])  # certain
+    pool = np.vstack([copies, spread, far])
+    plain = ActiveLabeler(strategy="uncertainty", max_similarity=None).fit(x, y).select(pool, 5)
+    assert (plain < 50).all()  # all five from the near-copies
+    div = ActiveLabeler(strategy="diverse-uncertainty", beta=11).fit(x, y).select(pool, 5)
+    assert len(set(div.tolist())) == 5
+    assert (div < 50).sum() == 1 and set(range(50, 54)) <= set(div.tolist())  # one copy + the four distinct points
+    with pytest.raises(ShoprankError, match="unknown strategy"):
+        ActiveLabeler(strategy="nope").fit(x, y)
+    with pytest.raises(ShoprankError, match="beta"):
+        ActiveLabeler(strategy="diverse-uncertainty", beta=0).fit(x, y)
