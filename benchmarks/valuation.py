@@ -539,6 +539,8 @@ def loop_pool(epochs: int = 1) -> str:
     row bootstrap of the recovered fraction."""
     import json
 
+    from shoprank.evaluation import bootstrap_stats, paired_bootstrap_diff
+
     noise, drop_by = str(LOOP["noise"]), str(LOOP["drop_by"])
     clean = np.array(json.loads((OUT / f"loop-clean-seed0-epochs{epochs}.json").read_text())["per_user"], dtype=float)
     seeds, noisy, cleaned, rows = [], [], [], []
@@ -558,17 +560,15 @@ def loop_pool(epochs: int = 1) -> str:
         return "Loop pooled: no stored seeds (run `--only loop --loop-seed S` first)."
     ok = np.isfinite(clean) & np.all(np.isfinite(noisy), 0) & np.all(np.isfinite(cleaned), 0)
     c, nm, km = clean[ok], np.mean(noisy, 0)[ok], np.mean(cleaned, 0)[ok]
-    lost, rec = float(np.mean(c - nm)), float(np.mean(km - nm))
-    rng = np.random.default_rng(0)
-    idx = rng.integers(0, len(c), (2000, len(c)))
-    b_lost, b_rec = (c - nm)[idx].mean(1), (km - nm)[idx].mean(1)
+    loss = paired_bootstrap_diff(c, nm, n=2000)
+    lost, p_lost, rec = loss.diff, loss.p_value, float(np.mean(km - nm))
+    b_lost, b_rec = bootstrap_stats(c - nm, 2000, seed=0), bootstrap_stats(km - nm, 2000, seed=0)  # same resamples
     ratio = b_rec / np.where(b_lost > 0, b_lost, np.nan)
     lo, hi = np.nanpercentile(ratio, [2.5, 97.5])
-    p_lost = (np.sum(b_lost - lost <= -abs(lost)) + np.sum(b_lost - lost >= abs(lost)) + 1) / (len(b_lost) + 1)
     p_half = float(np.mean(b_rec - 0.5 * b_lost <= 0))
     return (f"The Loop pooled over noise seeds {', '.join(map(str, seeds))} ({noise} noise, dropped by {drop_by}, "
             f"{epochs} epoch; same test rows, {len(c):,} with a score in every run): mean NDCG@10 lost to the noise "
-            f"{lost:+.4f} (row bootstrap p = {min(1.0, p_lost):.3f}), mean recovered by value-aware retraining "
+            f"{lost:+.4f} (paired row bootstrap p = {p_lost:.3f}), mean recovered by value-aware retraining "
             f"{rec:+.4f} = **{rec / lost:.0%} of the loss** (95% CI of the fraction over 2,000 row resamples "
             f"[{lo:.0%}, {hi:.0%}]; share of resamples recovering less than half: {p_half:.3f}).\n\n"
             + md_table(rows, list(rows[0])))

@@ -254,7 +254,7 @@ class ActiveLabeler:
             return np.random.default_rng(self.seed).random(len(x_pool))
         p = np.clip(np.asarray(self.model_.predict_proba(x_pool), dtype=np.float64), 1e-12, 1.0)
         unc = -(p * np.log(p)).sum(1) / np.log(max(p.shape[1], 2))
-        if self.strategy in ("uncertainty", "diverse-uncertainty") or self.values_ is None:
+        if not self.strategy.endswith("-value") or self.values_ is None:
             return unc
         xq = _unit(x_pool)
         k = min(self.k_neighbors, len(self.x_))
