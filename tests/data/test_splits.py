@@ -72,6 +72,26 @@ def test_click_rows_label_from_later_engagement(tiny_frames):
     assert lab[("u1", "a")] == 0.0 and lab[("u1", "b")] == 1.0 and lab[("u3", "a")] == 0.0
 
 
+def test_click_rows_carry_weight_and_the_deciding_source(tiny_frames):
+    """Value-aware retraining of click models: the label a down-weighted record produced is
+    down-weighted, and the row's source is the one that decided its label."""
+    items = tiny_frames[0]
+    inter = pd.DataFrame({
+        "user_id": ["u1", "u1", "u1", "u2", "u2"],
+        "item_id": ["a", "a", "b", "c", "a"],
+        "event": ["view", "click", "view", "click", "view"],
+        "timestamp": [1, 2, 3, 4, 5],
+        "source": ["web", "bot", "app", "web", "web"],
+        "weight": [1.0, 0.0, 0.5, np.nan, 1.0],
+    })
+    rows = click_rows(Dataset.from_frames("w", items, inter))
+    got = {(r.user_id, r.item_id): (r.label, r.weight, r.source) for r in rows.itertuples()}
+    assert got == {("u1", "a"): (1.0, 0.0, "bot"), ("u1", "b"): (0.0, 0.5, "app"),
+                   ("u2", "c"): (1.0, 1.0, "web"), ("u2", "a"): (0.0, 1.0, "web")}
+    plain = click_rows(Dataset.from_frames("p", items, inter.drop(columns=["source", "weight"])))
+    assert plain["source"].isna().all() and plain["weight"].eq(1.0).all()
+
+
 def test_negatives_avoid_positives_and_follow_popularity():
     pos = [np.array([0, 1]), np.array([2])]
     neg = sample_negatives(5, pos, 50, seed=1)

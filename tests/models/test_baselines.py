@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import log_loss, roc_auc_score
 
 from shoprank.data.dataset import Dataset
 from shoprank.data.splits import histories_for
@@ -301,6 +301,28 @@ def test_lightgbm_learns_planted_rule() -> None:
     p = model.score(users, ds.item_map.to_internal(test["item_id"]))
     assert p.dtype == np.float32 and np.isfinite(p).all()
     assert roc_auc_score(test["label"].to_numpy(), p) > 0.9
+
+
+def test_lightgbm_record_weights_take_noisy_rows_out() -> None:
+    """Value-aware retraining: flipped labels at weight 0 leave the rule intact; a model that
+    ignored the `weight` column would score exactly as the noisy one."""
+    ds = rule_shop()
+    inter = ds.interactions
+    user_no = inter["user_id"].str[1:].astype(int)
+    step = (inter["timestamp"] - pd.Timestamp(T0, unit="s", tz="UTC")).dt.total_seconds() % 1000
+    tr = inter[user_no < 40].copy()
+    flip = np.random.default_rng(1).random(len(tr)) < 0.4
+    tr.loc[flip, "label"] = 1.0 - tr.loc[flip, "label"]
+    test = inter[(user_no >= 40) & (step >= 12)]
+    h = histories_for(ds, test)
+    users, items = UserBatch(test["user_id"].tolist(), h.items, h.labels), ds.item_map.to_internal(test["item_id"])
+    y = test["label"].to_numpy()
+    kw = {"n_estimators": 60, "num_threads": 1, "min_child_samples": 5}
+    noisy = LightGBMRanker(**kw).fit(ds.with_tables(interactions=tr))
+    weighted = LightGBMRanker(**kw).fit(ds.with_tables(interactions=tr.assign(weight=np.where(flip, 0.0, 1.0))))
+    p_noisy, p_weighted = noisy.score(users, items), weighted.score(users, items)
+    assert roc_auc_score(y, p_weighted) >= roc_auc_score(y, p_noisy)
+    assert log_loss(y, p_weighted) < log_loss(y, p_noisy) - 0.05, (log_loss(y, p_noisy), log_loss(y, p_weighted))
 
 
 def test_random_ranker_is_deterministic_and_order_free(tiny_frames):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import log_loss, roc_auc_score
 
 from shoprank.data.dataset import Dataset
 from shoprank.data.splits import histories_for
@@ -111,3 +111,20 @@ def test_bad_settings_fail_early() -> None:
         LMClickRanker(tuning="bogus")
     with pytest.raises(ShoprankError, match="unknown"):
         LMClickRanker(learning_rate=1.0)
+
+
+def test_record_weights_take_noisy_rows_out_of_the_loss(rules) -> None:
+    """Value-aware retraining: with the flipped rows at weight 0 the model learns the rule
+    again; a model that ignored the `weight` column would score exactly as the noisy one."""
+    _, train, valid, _ = rules
+    inter = train.interactions.copy()
+    flip = np.random.default_rng(1).random(len(inter)) < 0.4
+    inter.loc[flip, "label"] = 1.0 - inter.loc[flip, "label"]
+    users, items, y = _test_batch(rules)
+    noisy = LMClickRanker(**FAST).fit(train.with_tables(interactions=inter), valid)
+    weighted = LMClickRanker(**FAST).fit(train.with_tables(interactions=inter.assign(weight=np.where(flip, 0.0, 1.0))),
+                                         valid)
+    p_noisy, p_weighted = noisy.score(users, items), weighted.score(users, items)
+    assert roc_auc_score(y, p_weighted) >= roc_auc_score(y, p_noisy)
+    # 40% flipped labels pull the noisy model's probabilities towards 0.5
+    assert log_loss(y, p_weighted) < log_loss(y, p_noisy) - 0.05, (log_loss(y, p_noisy), log_loss(y, p_weighted))

@@ -334,26 +334,43 @@ def cold_start_mask(train: Dataset, frame: pd.DataFrame) -> np.ndarray:
 
 
 def click_rows(ds: Dataset) -> pd.DataFrame:
-    """Rows for binary click/like prediction: user_id, item_id, timestamp, label (0/1).
+    """Rows for binary click/like prediction: user_id, item_id, timestamp, label (0/1), weight
+    and source (where the events have the column).
 
     Explicit ratings give their label directly (label > 0.5 -> 1). Otherwise each
     (user, item) exposure is the first view of the pair, labelled 1 if the user went on to
     click, cart or buy that item, else 0. Predefined `history` rows are never targets.
+    `weight` is the smallest `weight` of the pair's events (1 where the column is absent): a
+    down-weighted record, e.g. a bot's click flagged by valuation, down-weights the label it
+    produced. `source` is the source of the event that decided the label (the first engagement
+    for a 1, the first exposure for a 0), so group valuation by source works on click rows too.
     """
     inter = trainable(ds.interactions)
     cols = [Col.USER_ID, Col.ITEM_ID, Col.TIMESTAMP]
+    has_source = Col.SOURCE in inter.columns
     rated = inter[inter[Col.EVENT] == "rating"]
     if len(rated):
         out = rated[cols].copy()
         out["label"] = (rated[Col.LABEL].astype("float64") > 0.5).astype(np.float32).to_numpy()
+        out[Col.WEIGHT] = record_weights(rated)
+        if has_source:
+            out[Col.SOURCE] = rated[Col.SOURCE].to_numpy()
         return out.reset_index(drop=True)
     o = ordered(inter)
-    first = o.groupby([Col.USER_ID, Col.ITEM_ID], sort=False).head(1)
+    o[Col.WEIGHT] = record_weights(o)
+    pair = [Col.USER_ID, Col.ITEM_ID]
+    first = o.groupby(pair, sort=False).head(1)
     pos = positive_mask(o)
-    engaged = o[pos].groupby([Col.USER_ID, Col.ITEM_ID], sort=False).size()
-    key = pd.MultiIndex.from_frame(first[[Col.USER_ID, Col.ITEM_ID]])
+    engaged = o[pos].groupby(pair, sort=False).head(1).set_index(pair)
+    key = pd.MultiIndex.from_frame(first[pair])
     out = first[cols].copy()
-    out["label"] = key.isin(engaged.index).astype(np.float32)
+    label = key.isin(engaged.index)
+    out["label"] = label.astype(np.float32)
+    out[Col.WEIGHT] = o.groupby(pair, sort=False)[Col.WEIGHT].min().reindex(key).to_numpy(np.float32)
+    if has_source:
+        src = first[Col.SOURCE].to_numpy(dtype=object).copy()
+        src[label] = engaged[Col.SOURCE].reindex(key[label]).to_numpy(dtype=object)
+        out[Col.SOURCE] = src
     return out.reset_index(drop=True)
 
 

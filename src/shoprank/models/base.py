@@ -99,6 +99,9 @@ class Ranker:
     tasks: ClassVar[frozenset[str]] = frozenset()  # subset of {"click", "recommend", "search"}
     # True when `score` returns calibrated probabilities (log loss is only meaningful then)
     probabilistic: ClassVar[bool] = False
+    # True when `fit` honours the optional `weight` column of events / judgments (value-aware
+    # retraining); the training runner warns when weighted data meets a model that ignores it
+    supports_weights: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self.params = params

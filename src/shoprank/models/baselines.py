@@ -697,14 +697,18 @@ class _ItemStats:
     scale: float  # full user count / user count behind these stats
 
 
-def _stats(x: sp.csr_matrix, rows_items: np.ndarray, rows_labels: np.ndarray, n_items: int, scale: float) -> _ItemStats:
+def _stats(x: sp.csr_matrix, rows_items: np.ndarray, rows_labels: np.ndarray, n_items: int, scale: float,
+           rows_weights: np.ndarray | None = None) -> _ItemStats:
+    """Item counts for the features; exposures count by record weight (a down-weighted click
+    also counts less in its item's click rate)."""
+    w = np.ones(len(rows_items)) if rows_weights is None else np.asarray(rows_weights, np.float64)
     co = (x.T @ x).tocoo()
     keys = co.row.astype(np.int64) * n_items + co.col.astype(np.int64)
     order = np.argsort(keys)
     return _ItemStats(
         pos=np.asarray(x.sum(axis=0)).ravel().astype(np.float64),
-        exposures=np.bincount(rows_items, minlength=n_items).astype(np.float64),
-        exposure_pos=np.bincount(rows_items, weights=rows_labels, minlength=n_items),
+        exposures=np.bincount(rows_items, weights=w, minlength=n_items).astype(np.float64),
+        exposure_pos=np.bincount(rows_items, weights=rows_labels * w, minlength=n_items),
         cooc_keys=keys[order],
         cooc_vals=co.data[order].astype(np.float64),
         scale=scale,
@@ -736,6 +740,7 @@ class LightGBMRanker(Ranker):
 
     tasks: ClassVar[frozenset[str]] = frozenset({"click"})
     probabilistic: ClassVar[bool] = True
+    supports_weights: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -887,8 +892,11 @@ class LightGBMRanker(Ranker):
             raise ShoprankError(f"lightgbm: {train.name!r} has no click/rating rows to learn from")
         r_items = train.item_map.to_internal(rows[Col.ITEM_ID])
         r_labels = rows["label"].to_numpy(dtype=np.float64)
+        r_w = rows[Col.WEIGHT].to_numpy(dtype=np.float64)  # value-aware retraining (1 without the column)
+        if not r_w.sum() > 0:
+            raise ShoprankError(f"lightgbm: every click/rating row of {train.name!r} has weight 0")
         r_users = rows[Col.USER_ID].astype(str).to_numpy()
-        self.prior_ = float(r_labels.mean())
+        self.prior_ = float(np.average(r_labels, weights=r_w))
         hist = histories_for(train, rows, max_len=self.max_history)
 
         x, uidx = interaction_matrix(train)
@@ -900,14 +908,14 @@ class LightGBMRanker(Ranker):
         fold_of = pd.Series(rng.permutation(len(all_users)) % k, index=all_users)
         x_fold = fold_of.reindex(uidx).to_numpy()
         row_fold = fold_of.reindex(pd.Index(r_users)).to_numpy()
-        self.stats_ = _stats(x, r_items, r_labels, n, 1.0)
+        self.stats_ = _stats(x, r_items, r_labels, n, 1.0, r_w)
 
         feats = np.zeros((len(rows), len(FEATURES)), np.float32)
         for fo in range(k):
             out_x = x[np.flatnonzero(x_fold != fo)]
             out_r = row_fold != fo
             n_out = int((fold_of != fo).sum())
-            st = _stats(out_x, r_items[out_r], r_labels[out_r], n, len(all_users) / max(n_out, 1))
+            st = _stats(out_x, r_items[out_r], r_labels[out_r], n, len(all_users) / max(n_out, 1), r_w[out_r])
             sel = np.flatnonzero(~out_r)
             feats[sel] = self._features(
                 st, [hist.items[i] for i in sel], [hist.labels[i] for i in sel], r_items[sel]
@@ -927,7 +935,7 @@ class LightGBMRanker(Ranker):
             "deterministic": True,
             "verbose": -1,
         }
-        dtrain = lgb.Dataset(feats, r_labels, feature_name=FEATURES, free_raw_data=True)
+        dtrain = lgb.Dataset(feats, r_labels, weight=r_w, feature_name=FEATURES, free_raw_data=True)
         valid_sets: list[Any] = []
         callbacks: list[Any] = []
         if valid is not None:

@@ -210,6 +210,7 @@ class LMRanker(Ranker):
     """Two-tower ranker on a fine-tuned text encoder (parameters: see `DEFAULTS`)."""
 
     tasks: ClassVar[frozenset[str]] = frozenset({"recommend", "search", "click"})
+    supports_weights: ClassVar[bool] = True
 
     def __init__(self, **params: Any) -> None:
         unknown = set(params) - set(DEFAULTS)

@@ -165,6 +165,7 @@ class LMClickRanker(Ranker):
 
     tasks: ClassVar[frozenset[str]] = frozenset({"click"})
     probabilistic: ClassVar[bool] = True
+    supports_weights: ClassVar[bool] = True
 
     def __init__(self, **params: Any) -> None:
         unknown = set(params) - set(DEFAULTS)
@@ -331,9 +332,11 @@ class LMClickRanker(Ranker):
                 train.items, max_description_chars=int(p["max_description_chars"])
             )
         frame = click_rows(train)
+        frame = frame[frame[Col.WEIGHT] > 0].reset_index(drop=True)  # weight 0: not a target (still history), never encoded
         if not len(frame):
-            raise ShoprankError("LMClickRanker found no click/rating rows in the training data")
+            raise ShoprankError("LMClickRanker found no click/rating rows (of weight > 0) in the training data")
         rows, y = self._rows(train, frame), frame["label"].to_numpy(np.float32)
+        w = frame[Col.WEIGHT].to_numpy(np.float32)  # value-aware retraining: scales each row's loss
         vrows, vy = None, None
         if valid is not None and len(vf := click_rows(valid)):
             if p["valid_max"] is not None and len(vf) > int(p["valid_max"]):
@@ -385,9 +388,9 @@ class LMClickRanker(Ranker):
             for s in range(0, len(order), bs):
                 idx = order[s : s + bs]
                 logits = self._train_logits(rows.subset(idx))
-                loss = F.binary_cross_entropy_with_logits(
-                    logits, torch.from_numpy(y[idx]).to(logits.device)
-                )
+                loss = (F.binary_cross_entropy_with_logits(
+                    logits, torch.from_numpy(y[idx]).to(logits.device), reduction="none"
+                ) * torch.from_numpy(w[idx]).to(logits.device)).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if p["max_grad_norm"]:

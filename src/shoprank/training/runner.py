@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,11 @@ def train_model(
 
 def _fit_and_save(model: Ranker, data: Dataset, sp: DataSplit, task: str, model_name: str, out: Path | None,
                   extra: dict[str, Any] | None = None) -> TrainResult:
+    n_weighted = weighted_records(sp.train)
+    if n_weighted and not model.supports_weights:
+        warnings.warn(f"model {model_name!r} ignores the `weight` column ({n_weighted:,} training records have a "
+                      f"weight other than 1); models that honour it: {', '.join(weighted_models())}. To drop "
+                      "records with it, remove their rows instead.", UserWarning, stacklevel=2)
     t0 = time.perf_counter()
     model.fit(sp.train, sp.valid)
     secs = time.perf_counter() - t0
@@ -78,6 +84,19 @@ def _fit_and_save(model: Ranker, data: Dataset, sp: DataSplit, task: str, model_
         (Path(out) / TRAINING_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
         write_card(Path(out))
     return TrainResult(model, sp, secs, info)
+
+
+def weighted_records(data: Dataset) -> int:
+    """How many events and judgments carry a training weight other than 1."""
+    return sum(int((record_weights(t) != 1).sum()) for t in (data.interactions, data.judgments) if len(t))
+
+
+def weighted_models() -> list[str]:
+    """Registered models whose `fit` honours the `weight` column (imports every built-in model)."""
+    from shoprank.models.base import BUILTIN_MODULES, MODEL_REGISTRY, _import_builtin_models
+
+    _import_builtin_models(BUILTIN_MODULES)
+    return sorted(name for name, cls in MODEL_REGISTRY.items() if cls.supports_weights)
 
 
 # settings of the previous run that must not carry over into a continued one
