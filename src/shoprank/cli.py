@@ -116,6 +116,32 @@ def data_check(
     console.print("ok: every row is valid")
 
 
+@data_app.command("weigh")
+def data_weigh(
+    data: Annotated[Path, typer.Option(help="dataset folder")],
+    values: Annotated[Path, typer.Option(help="values.csv written by `shoprank value` on this dataset")],
+    out: Annotated[Path, typer.Option(help="dataset folder to write (the same data with a weight column)")],
+    drop_lowest: Annotated[float | None, typer.Option(help="fraction of the valued rows with the lowest values")] = None,
+    drop_below: Annotated[float | None, typer.Option(help="every valued row below this value")] = None,
+    weight: Annotated[float, typer.Option(help="weight of the selected records (0: not a training target)")] = 0.0,
+) -> None:
+    """Turn values into training weights: `shoprank value` -> `data weigh` -> `train` is value-aware retraining."""
+    import pandas as pd
+
+    from shoprank.data.dataset import Dataset
+    from shoprank.training.runner import weighted_models
+    from shoprank.valuation.apply import apply_values
+
+    if not values.exists():
+        raise ShoprankError(f"{values}: no such file")
+    new, how = apply_values(Dataset.load(data), pd.read_csv(values), drop_lowest=drop_lowest, drop_below=drop_below,
+                            weight=weight)
+    new.save(out)
+    what = f" (groups: {', '.join(how.groups)})" if how.groups else ""
+    console.print(f"{how.n_selected} valued rows selected{what}: {how.n_records} {how.table} records now weigh "
+                  f"{how.weight:g}; wrote {out}. Models that honour weights: {', '.join(weighted_models())}.")
+
+
 @data_app.command("formats")
 def data_formats() -> None:
     """List the import formats."""
