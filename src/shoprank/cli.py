@@ -124,6 +124,7 @@ def data_weigh(
     drop_lowest: Annotated[float | None, typer.Option(help="fraction of the valued rows with the lowest values")] = None,
     drop_below: Annotated[float | None, typer.Option(help="every valued row below this value")] = None,
     weight: Annotated[float, typer.Option(help="weight of the selected records (0: not a training target)")] = 0.0,
+    table: Annotated[str | None, typer.Option(help="interactions | judgments, for group values both could take")] = None,
 ) -> None:
     """Turn values into training weights: `shoprank value` -> `data weigh` -> `train` is value-aware retraining."""
     import pandas as pd
@@ -135,7 +136,7 @@ def data_weigh(
     if not values.exists():
         raise ShoprankError(f"{values}: no such file")
     new, how = apply_values(Dataset.load(data), pd.read_csv(values), drop_lowest=drop_lowest, drop_below=drop_below,
-                            weight=weight)
+                            weight=weight, table=table)
     new.save(out)
     what = f" (groups: {', '.join(how.groups)})" if how.groups else ""
     console.print(f"{how.n_selected} valued rows selected{what}: {how.n_records} {how.table} records now weigh "

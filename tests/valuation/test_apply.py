@@ -45,6 +45,16 @@ def test_group_values_weigh_every_record_of_the_group(shop: Dataset) -> None:
     assert (w[bot] == 0).all() and (w[~bot] == 1).all()
     half, _ = apply_values(new, values, drop_lowest=0.34, weight=0.5)  # existing lower weights stay
     assert (record_weights(half.interactions)[bot] == 0).all()
+    cats = pd.DataFrame({"category": sorted(shop.items["category"].unique()), "value": 1.0})
+    cats.loc[0, "value"] = -1.0
+    by_cat, how = apply_values(shop, cats, drop_below=0.0)  # an item column: through each event's item
+    item_cat = shop.items.set_index("item_id")["category"]
+    hit = shop.interactions["item_id"].map(item_cat).eq(cats.loc[0, "category"]).to_numpy()
+    assert how.groups == [cats.loc[0, "category"]] and 0 < hit.sum() == how.n_records
+    assert (record_weights(by_cat.interactions) == np.where(hit, 0.0, 1.0)).all()
+    on_j, how = apply_values(shop, cats, drop_below=0.0, table="judgments")
+    assert how.table == "judgments" and how.n_records == int(
+        shop.judgments["item_id"].map(item_cat).eq(cats.loc[0, "category"]).sum()) > 0
 
 
 def test_record_values_from_a_real_job_roundtrip(shop: Dataset, fake_embeddings: None, tmp_path: Path) -> None:

@@ -56,13 +56,15 @@ def _select(values: pd.DataFrame, drop_lowest: float | None, drop_below: float |
 
 
 def apply_values(ds: Dataset, values: pd.DataFrame, *, drop_lowest: float | None = None,
-                 drop_below: float | None = None, weight: float = 0.0) -> tuple[Dataset, Weighing]:
+                 drop_below: float | None = None, weight: float = 0.0, table: str | None = None
+                 ) -> tuple[Dataset, Weighing]:
     """A copy of `ds` in which the records the rule selects carry `weight` (0: drop as a target).
 
     `values` is a `shoprank value` values.csv: one row per record (with the record's columns:
     events are matched on user, item, timestamp and event; judgments on query and item) or one
-    row per group (a column named after the grouping, e.g. `source` or `labeler`, which every
-    record of the group gets). Rules: the `drop_lowest` fraction of rows by value, or every row
+    row per group (a column named after the grouping, e.g. `source`, `labeler` or an item column
+    such as `category`; every record of the group gets the weight; `table` picks events or
+    judgments where both could apply, by default the events). Rules: the `drop_lowest` fraction of rows by value, or every row
     valued below `drop_below`. A selected row that matches no record is an error, never skipped.
     Existing weights are kept where they are lower."""
     if "value" not in values.columns:
@@ -71,15 +73,27 @@ def apply_values(ds: Dataset, values: pd.DataFrame, *, drop_lowest: float | None
         raise ShoprankError(f"weight must be finite and >= 0, got {weight}")
     sel = _select(values, drop_lowest, drop_below)
     rest = [c for c in values.columns if c not in _RESULT_COLUMNS]
+    if table not in (None, "interactions", "judgments"):
+        raise ShoprankError(f"table must be 'interactions' or 'judgments', got {table!r}")
     if len(rest) == 1:  # one row per group: the grouping column and the result columns
         col = rest[0]
-        table = "interactions" if col in ds.interactions.columns else "judgments"
+        where = [t for t in ("interactions", "judgments") if col in getattr(ds, t).columns
+                 and getattr(ds, t)[col].notna().any()]
+        on_items = not where and col in ds.items.columns  # category, brand, ...: through each record's item
+        if on_items:
+            where = [t for t in ("interactions", "judgments") if len(getattr(ds, t))]
+        if table is None:
+            if not where:
+                raise ShoprankError(f"values are per {col!r}, which is not a column of the events, judgments or "
+                                    "items (time windows cannot be weighed from group values; value the records)")
+            table = where[0]
         frame = getattr(ds, table)
-        if col not in frame.columns:
-            raise ShoprankError(f"values are per {col!r}, which is not a column of the events or judgments "
-                                "(time windows cannot be weighed from group values; value the records instead)")
+        if table not in where:
+            raise ShoprankError(f"values are per {col!r}, which the {table} do not have")
+        labels = (ds.items[col].astype(str).to_numpy()[ds.item_map.to_internal(frame[Col.ITEM_ID])] if on_items
+                  else frame[col].astype(str).to_numpy())
         groups = sorted(values.loc[sel, col].astype(str).unique().tolist())
-        hit = frame[col].astype(str).isin(groups).to_numpy()
+        hit = np.isin(labels, groups)
     else:
         table = "judgments" if Col.QUERY in values.columns and "grade" in values.columns else "interactions"
         keys = _KEYS[table]
