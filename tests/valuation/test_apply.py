@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -16,23 +15,12 @@ from shoprank.data.splits import click_rows, record_weights
 from shoprank.data.synth import SynthConfig, save_synth, synthesize
 from shoprank.errors import ShoprankError
 from shoprank.valuation.apply import apply_values
-from shoprank.valuation.features import Embedder
 from shoprank.valuation.job import run_valuation
 
 
 @pytest.fixture(scope="module")
 def shop() -> Dataset:
     return synthesize(SynthConfig.preset("tiny"))[0]
-
-
-@pytest.fixture
-def fake_embeddings(monkeypatch: pytest.MonkeyPatch) -> None:
-    def vec(texts: list[str]) -> np.ndarray:
-        seeds = [int.from_bytes(hashlib.blake2b(t.encode(), digest_size=4).digest(), "little") for t in texts]
-        return np.stack([np.random.default_rng(s).normal(size=8) for s in seeds]).astype(np.float32)
-
-    monkeypatch.setattr(Embedder, "items", lambda self: vec(self.ds.items["item_id"].tolist()))
-    monkeypatch.setattr(Embedder, "queries", lambda self, qs: vec(list(qs)))
 
 
 def test_group_values_weigh_every_record_of_the_group(shop: Dataset) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -14,25 +13,13 @@ import pytest
 from shoprank.data.splits import split_dataset
 from shoprank.data.synth import SynthConfig, save_synth, synthesize
 from shoprank.errors import ShoprankError
-from shoprank.valuation.features import Embedder, build_records
+from shoprank.valuation.features import build_records
 from shoprank.valuation.job import retrain_without, run_valuation
 
 
 @pytest.fixture(scope="module")
 def shop() -> tuple:
     return synthesize(SynthConfig.preset("tiny"))
-
-
-@pytest.fixture
-def fake_embeddings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Random but fixed vectors instead of the text encoder (fast, offline)."""
-
-    def vec(texts: list[str]) -> np.ndarray:
-        seeds = [int.from_bytes(hashlib.blake2b(t.encode(), digest_size=4).digest(), "little") for t in texts]
-        return np.stack([np.random.default_rng(s).normal(size=8) for s in seeds]).astype(np.float32)
-
-    monkeypatch.setattr(Embedder, "items", lambda self: vec(self.ds.items["item_id"].tolist()))
-    monkeypatch.setattr(Embedder, "queries", lambda self, qs: vec(list(qs)))
 
 
 def test_group_valuation_ranks_bot_last(shop: tuple) -> None:
