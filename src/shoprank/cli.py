@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +12,8 @@ import typer
 from rich.console import Console
 
 from shoprank.errors import ShoprankError
+
+_default_showwarning = warnings.showwarning
 
 app = typer.Typer(help="shoprank: e-commerce search and recommendation on language models.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -391,10 +394,20 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Our own warnings (e.g. a model ignoring the weight column) as one line, not a source location."""
+    if issubclass(category, UserWarning) and f"{Path('shoprank')}" in filename:
+        err.print(f"warning: {message}", highlight=False, markup=False, soft_wrap=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2; SHOPRANK_DEBUG=1 shows tracebacks."""
     import os
 
+    warnings.showwarning = _show_warning
     try:
         rv = app(standalone_mode=False)
         if isinstance(rv, int) and rv:
