@@ -650,6 +650,7 @@ def active(seeds: tuple[int, ...] | None = None, start: int = 200, step: int = 2
         for q, i, g in zip(qt, ds.item_map.to_internal(tj["item_id"]), gt, strict=True):
             t_items[pos[q]].append(int(i))
             t_gains[pos[q]].append(max(float(g) - gmin, 0.0))
+        t_items_a, t_gains_a = [np.array(x) for x in t_items], [np.array(x) for x in t_gains]  # once, not per call
 
         def catalog_ndcg(w: np.ndarray | None) -> float:
             gen = torch.Generator().manual_seed(0)
@@ -659,8 +660,7 @@ def active(seeds: tuple[int, ...] | None = None, start: int = 200, step: int = 2
                 sc = (torch.rand(len(qs_), len(pvec), generator=gen) if w is None
                       else (qs_ * torch.from_numpy(w.astype(np.float32))) @ pvec.T)
                 top.append(torch.topk(sc, 10, dim=1).indices.numpy())
-            return float(np.nanmean(ndcg_at_k(np.concatenate(top), [np.array(x) for x in t_items], 10,
-                                              gains=[np.array(x) for x in t_gains])))
+            return float(np.nanmean(ndcg_at_k(np.concatenate(top), t_items_a, 10, gains=t_gains_a)))
 
     def fit_score(idx: np.ndarray) -> float:
         y = yp[idx]

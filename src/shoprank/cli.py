@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from shoprank.errors import ShoprankError
+from shoprank.errors import ShoprankError, ShoprankWarning
 
 _default_showwarning = warnings.showwarning
 
@@ -397,7 +397,7 @@ def _json_default(o: Any) -> Any:
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
     """Our own warnings (e.g. a model ignoring the weight column) as one line, not a source location."""
-    if issubclass(category, UserWarning) and f"{Path('shoprank')}" in filename:
+    if issubclass(category, ShoprankWarning):
         err.print(f"warning: {message}", highlight=False, markup=False, soft_wrap=True)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)

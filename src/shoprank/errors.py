@@ -7,6 +7,10 @@ class ShoprankError(Exception):
     """Base class: anything a user can fix by changing their input or settings."""
 
 
+class ShoprankWarning(UserWarning):
+    """Something a user should know but need not stop for; the CLI prints it as one line."""
+
+
 class DataError(ShoprankError):
     """Bad input data, located by file, line and column so the user can fix it."""
 

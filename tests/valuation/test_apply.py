@@ -68,6 +68,8 @@ def test_bad_values_fail_with_the_line(shop: Dataset) -> None:
     ev.loc[ev.index[1], "item_id"] = "no-such-item"
     with pytest.raises(ShoprankError, match=r"values line 3: no interactions record with .*item_id=no-such-item"):
         apply_values(shop, ev, drop_below=0.0)
+    with pytest.raises(ShoprankError, match="per interactions record; they cannot weigh the judgments"):
+        apply_values(shop, ev, drop_below=0.0, table="judgments")
     with pytest.raises(ShoprankError, match="exactly one rule"):
         apply_values(shop, ev, drop_below=0.0, drop_lowest=0.1)
     ev["value"] = ["1", "x", "2"]

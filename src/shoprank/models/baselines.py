@@ -698,10 +698,10 @@ class _ItemStats:
 
 
 def _stats(x: sp.csr_matrix, rows_items: np.ndarray, rows_labels: np.ndarray, n_items: int, scale: float,
-           rows_weights: np.ndarray | None = None) -> _ItemStats:
+           rows_weights: np.ndarray) -> _ItemStats:
     """Item counts for the features; exposures count by record weight (a down-weighted click
     also counts less in its item's click rate)."""
-    w = np.ones(len(rows_items)) if rows_weights is None else np.asarray(rows_weights, np.float64)
+    w = np.asarray(rows_weights, np.float64)
     co = (x.T @ x).tocoo()
     keys = co.row.astype(np.int64) * n_items + co.col.astype(np.int64)
     order = np.argsort(keys)

@@ -15,7 +15,7 @@ import pandas as pd
 from shoprank.data.dataset import Dataset
 from shoprank.data.schema import Col
 from shoprank.data.splits import DataSplit, has_predefined_split, record_weights, split_dataset
-from shoprank.errors import ShoprankError
+from shoprank.errors import ShoprankError, ShoprankWarning
 from shoprank.models.base import Ranker, get_model_class, load_model
 from shoprank.training.card import write_card
 
@@ -60,7 +60,7 @@ def _fit_and_save(model: Ranker, data: Dataset, sp: DataSplit, task: str, model_
     if n_weighted and not model.supports_weights:
         warnings.warn(f"model {model_name!r} ignores the `weight` column ({n_weighted:,} training records have a "
                       f"weight other than 1); models that honour it: {', '.join(weighted_models())}. To drop "
-                      "records with it, remove their rows instead.", UserWarning, stacklevel=2)
+                      "records with it, remove their rows instead.", ShoprankWarning, stacklevel=2)
     t0 = time.perf_counter()
     model.fit(sp.train, sp.valid)
     secs = time.perf_counter() - t0

@@ -95,7 +95,10 @@ def apply_values(ds: Dataset, values: pd.DataFrame, *, drop_lowest: float | None
         groups = sorted(values.loc[sel, col].astype(str).unique().tolist())
         hit = np.isin(labels, groups)
     else:
-        table = "judgments" if Col.QUERY in values.columns and "grade" in values.columns else "interactions"
+        found_in = "judgments" if Col.QUERY in values.columns and "grade" in values.columns else "interactions"
+        if table not in (None, found_in):
+            raise ShoprankError(f"values are per {found_in} record; they cannot weigh the {table}")
+        table = found_in
         keys = _KEYS[table]
         missing = [k for k in keys if k not in values.columns]
         if missing:

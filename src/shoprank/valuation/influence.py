@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shoprank.errors import ShoprankError
+from shoprank.errors import ShoprankError, ShoprankWarning
 from shoprank.valuation.base import Valuation, register_method
 from shoprank.valuation.result import ValuationResult
 from shoprank.valuation.utility import ValuationData
@@ -294,7 +294,8 @@ def inverse_hvp(model: LossModel, v: torch.Tensor, *, solver: str = "auto", damp
         x, ci = conjugate_gradient(lambda u: mv(u) + damping * u, v, tol=tol, max_iter=cg_max_iter)
         if ci.residual > tol:
             warnings.warn(f"conjugate gradient stopped after {ci.iterations} steps at relative residual "
-                          f"{ci.residual:.2g} (> {tol:.2g}): raise damping or cg_max_iter", stacklevel=2)
+                          f"{ci.residual:.2g} (> {tol:.2g}): raise damping or cg_max_iter", ShoprankWarning,
+                          stacklevel=2)
         return x, {"solver": "cg", "curvature": curvature, "cg_iterations": ci.iterations,
                    "cg_residual": ci.residual}
     raise ShoprankError(f"unknown influence solver {solver!r}; use exact, cg or auto")
