@@ -303,6 +303,66 @@ def test_lightgbm_learns_planted_rule() -> None:
     assert roc_auc_score(test["label"].to_numpy(), p) > 0.9
 
 
+def _with_weights(ds: Dataset, w: np.ndarray) -> Dataset:
+    return ds.with_tables(interactions=ds.interactions.assign(weight=w))
+
+
+def _last_of_every_other_user(ds: Dataset) -> np.ndarray:
+    """The last event of every other user (each user keeps earlier events)."""
+    inter = ds.interactions
+    last = inter.groupby("user_id")["timestamp"].transform("max") == inter["timestamp"]
+    users = sorted(inter["user_id"].unique())
+    return (last & inter["user_id"].isin(users[::2])).to_numpy()
+
+
+@pytest.mark.parametrize("name", ["popularity", "itemknn", "transition", "als"])
+def test_weight_zero_is_the_same_as_removing_the_events(name: str) -> None:
+    """Value-aware retraining of the classical baselines: `data weigh --drop-lowest` sets
+    weight 0, which must act exactly like deleting the rows (and a model that ignored the
+    column would keep them)."""
+    ds = block_shop()
+    drop = _last_of_every_other_user(ds)
+    weighted = fast(name).fit(_with_weights(ds, np.where(drop, 0.0, 1.0)))
+    removed = fast(name).fit(ds.with_tables(interactions=ds.interactions[~drop].reset_index(drop=True)))
+    kept = fast(name).fit(ds)
+    b = batch([0, 1, 2], [10, 11], [3], [])
+    np.testing.assert_allclose(weighted.score_users(b), removed.score_users(b), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(weighted.score_users(b), kept.score_users(b))
+
+
+@pytest.mark.parametrize("name", REC_MODELS)
+def test_unit_weights_change_nothing(name: str) -> None:
+    ds = block_shop()
+    b = batch([0, 1, 2], [10, 11], [3])
+    np.testing.assert_array_equal(fast(name).fit(_with_weights(ds, np.ones(len(ds.interactions)))).score_users(b),
+                                  fast(name).fit(ds).score_users(b))
+
+
+def test_fractional_weights_scale_counts() -> None:
+    """Half-weight events count half: popularity sums weights; a transition counts the weight
+    of the event it leads to."""
+    ds = chain_shop()  # six users take 5; 0 -> 1 for all six, 1 -> 2 for four
+    half = (ds.interactions["item_id"] == "i5").to_numpy()
+    pop = PopularityRanker().fit(_with_weights(ds, np.where(half, 0.5, 1.0)))
+    assert pop.item_scores_[5] == pytest.approx(4.0) and pop.item_scores_[0] == pytest.approx(6.0)
+    to2 = (ds.interactions["item_id"] == "i2").to_numpy()
+    tr = TransitionRanker(normalize=False).fit(_with_weights(ds, np.where(to2, 0.25, 1.0)))
+    plain = TransitionRanker(normalize=False).fit(ds)
+    assert tr.trans_[1, 2] == pytest.approx(0.25 * plain.trans_[1, 2]) and plain.trans_[1, 2] > 0
+    assert tr.trans_[2, 3] == pytest.approx(plain.trans_[2, 3])  # leaving item 2 keeps its weight
+
+
+def test_weighted_itemknn_similarity() -> None:
+    """A pair's entry is its weight: down-weighting the co-clicks of items 0 and 1 lowers their
+    cosine, and a pair weighs as much as its best event (a real click beside a 0-weight one)."""
+    ds = shop(3, [("a", 0, 0), ("a", 1, 1), ("b", 0, 2), ("b", 1, 3), ("b", 1, 4), ("c", 2, 5)])
+    base = ItemKNNRanker(shrink=0.0).fit(ds)
+    low = ItemKNNRanker(shrink=0.0).fit(_with_weights(ds, np.array([1.0, 0.1, 1.0, 1.0, 1.0, 1.0])))
+    assert low.sim_[0, 1] < base.sim_[0, 1] - 0.05
+    dup = ItemKNNRanker(shrink=0.0).fit(_with_weights(ds, np.array([1.0, 1.0, 1.0, 0.0, 1.0, 1.0])))
+    assert dup.sim_[0, 1] == pytest.approx(base.sim_[0, 1])
+
+
 def test_lightgbm_record_weights_take_noisy_rows_out() -> None:
     """Value-aware retraining: flipped labels at weight 0 leave the rule intact; a model that
     ignored the `weight` column would score exactly as the noisy one."""

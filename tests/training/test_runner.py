@@ -23,10 +23,10 @@ def _shop(weights: list[float] | None) -> Dataset:
 def test_a_model_that_ignores_weights_says_so() -> None:
     ds = _shop([0.0, 1.0, 0.5, 1.0, 1.0, 1.0])  # the first events: training rows under leave-last-out
     assert weighted_records(ds) == 2
-    with pytest.warns(UserWarning, match=r"'popularity' ignores the `weight` column \(2 training records"):
-        train_model(ds, "recommend", "popularity", split_how="leave_last_out")
-    assert {"lm", "lm-click", "lightgbm"} <= set(weighted_models())
-    assert "popularity" not in weighted_models()
+    with pytest.warns(UserWarning, match=r"'bpr' ignores the `weight` column \(2 training records"):
+        train_model(ds, "recommend", "bpr", split_how="leave_last_out", params={"iterations": 5})
+    assert {"lm", "lm-click", "lightgbm", "popularity", "itemknn", "transition", "als"} <= set(weighted_models())
+    assert "bpr" not in weighted_models()
 
 
 def test_unit_weights_and_no_weights_stay_quiet() -> None:

@@ -91,8 +91,8 @@ def test_weigh_command(tmp_path: Path) -> None:
     w = record_weights(Dataset.load(tmp_path / "weighed").interactions)
     assert int((w == 0).sum()) == bot and len(w) == len(ds.interactions)
     r = subprocess.run([sys.executable, "-m", "shoprank.cli", "train", "--data", str(tmp_path / "weighed"),
-                        "--task", "recommend", "--model", "popularity", "--out", str(tmp_path / "m")],
+                        "--task", "recommend", "--model", "bpr", "--out", str(tmp_path / "m")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "warning: model 'popularity' ignores the `weight` column (" in r.stderr  # training split's records
+    assert "warning: model 'bpr' ignores the `weight` column (" in r.stderr  # training split's records
     assert "runner.py" not in r.stderr  # one plain line, not a source location

@@ -165,20 +165,42 @@ def positive_mask(inter: pd.DataFrame, min_event: str = "click", label_threshold
     return (pos_event | pos_label).fillna(False).astype(bool)
 
 
-def interaction_matrix(ds: Dataset, *, users: pd.Index | None = None, positives_only: bool = True) -> tuple[sp.csr_matrix, pd.Index]:
-    """User x item matrix of summed event strengths (explicit ratings count 1 if positive).
-
-    Returns the CSR matrix (float32) and the user index (external ids, row order)."""
+def _matrix_rows(ds: Dataset, users: pd.Index | None, positives_only: bool
+                 ) -> tuple[pd.DataFrame, pd.Index, np.ndarray, np.ndarray]:
+    """The trainable events that land in a user x item matrix: (events, user index, rows, cols)."""
     inter = trainable(ds.interactions)
     if positives_only:
         inter = inter[positive_mask(inter)]
     uidx = pd.Index(sorted(inter[Col.USER_ID].astype(str).unique())) if users is None else users
     rows = uidx.get_indexer(pd.Index(inter[Col.USER_ID].astype(str)))
-    keep = rows >= 0
-    cols = ds.item_map.to_internal(inter[Col.ITEM_ID].to_numpy()[keep])
-    w = inter[Col.EVENT].map(EVENT_STRENGTH).fillna(1.0).to_numpy(dtype=np.float32)[keep]
-    m = sp.csr_matrix((w, (rows[keep], cols)), shape=(len(uidx), ds.n_items), dtype=np.float32)
+    inter, rows = inter[rows >= 0], rows[rows >= 0]
+    return inter, uidx, rows, ds.item_map.to_internal(inter[Col.ITEM_ID].to_numpy())
+
+
+def interaction_matrix(ds: Dataset, *, users: pd.Index | None = None, positives_only: bool = True) -> tuple[sp.csr_matrix, pd.Index]:
+    """User x item matrix of summed event strengths (explicit ratings count 1 if positive).
+
+    Returns the CSR matrix (float32) and the user index (external ids, row order)."""
+    inter, uidx, rows, cols = _matrix_rows(ds, users, positives_only)
+    w = inter[Col.EVENT].map(EVENT_STRENGTH).fillna(1.0).to_numpy(dtype=np.float32)
+    m = sp.csr_matrix((w, (rows, cols)), shape=(len(uidx), ds.n_items), dtype=np.float32)
     m.sum_duplicates()
+    return m, uidx
+
+
+def positive_weight_matrix(ds: Dataset, *, users: pd.Index | None = None) -> tuple[sp.csr_matrix, pd.Index]:
+    """User x item matrix of each positive pair's training weight: the largest `weight` among
+    the pair's positive events (1 without the column); pairs whose events all weigh 0 are absent.
+
+    Why the largest: a pair is a positive because of its events, so it is as trustworthy as
+    the most trustworthy one (a bot click beside a real purchase does not discredit it).
+    Same rows as `interaction_matrix` (users with only weight-0 events keep an empty row)."""
+    inter, uidx, rows, cols = _matrix_rows(ds, users, True)
+    best = pd.Series(record_weights(inter)).groupby([rows, cols], sort=True).max()
+    r, c = (best.index.get_level_values(i).to_numpy() for i in (0, 1))
+    v = best.to_numpy(dtype=np.float32)
+    keep = v > 0
+    m = sp.csr_matrix((v[keep], (r[keep], c[keep])), shape=(len(uidx), ds.n_items), dtype=np.float32)
     return m, uidx
 
 
@@ -216,11 +238,13 @@ def record_weights(frame: pd.DataFrame) -> np.ndarray:
     return w
 
 
-def item_popularity(ds: Dataset) -> np.ndarray:
-    """Positive-interaction counts per catalog item (0 for items never seen)."""
+def item_popularity(ds: Dataset, *, weighted: bool = False) -> np.ndarray:
+    """Positive-interaction counts per catalog item (0 for items never seen); `weighted` sums
+    the events' training weights instead of counting them."""
     inter = trainable(ds.interactions)
     inter = inter[positive_mask(inter)]
-    return np.bincount(ds.item_map.to_internal(inter[Col.ITEM_ID]), minlength=ds.n_items).astype(np.float64)
+    w = record_weights(inter).astype(np.float64) if weighted else None
+    return np.bincount(ds.item_map.to_internal(inter[Col.ITEM_ID]), weights=w, minlength=ds.n_items).astype(np.float64)
 
 
 # -- histories at prediction time --------------------------------------------------

@@ -36,8 +36,10 @@ from shoprank.data.splits import (
     interaction_matrix,
     item_popularity,
     positive_mask,
+    positive_weight_matrix,
+    record_weights,
     trainable,
-    user_sequences,
+    user_sequences_weighted,
 )
 from shoprank.errors import ShoprankError
 from shoprank.models.base import Ranker, UserBatch, register, top_k
@@ -48,11 +50,14 @@ RECOMMEND = frozenset({"recommend", "click"})  # click comes free through `Ranke
 # -- shared helpers ---------------------------------------------------------------------
 
 
-def _binary_positives(ds: Dataset) -> sp.csr_matrix:
+def _binary_positives(ds: Dataset, *, weighted: bool = False) -> sp.csr_matrix:
     """User x item 0/1 matrix of positive feedback (row order: sorted user ids).
 
     Binary, because the histories we score from carry no event strengths: training and
-    scoring then see the same kind of input."""
+    scoring then see the same kind of input. `weighted`: each entry is the pair's training
+    weight instead of 1 (`positive_weight_matrix`; weight 0 leaves the pair out)."""
+    if weighted:
+        return positive_weight_matrix(ds)[0]
     m, _ = interaction_matrix(ds)
     m = m.tocsr()
     m.data[:] = 1.0
@@ -138,6 +143,7 @@ class PopularityRanker(Ranker):
     the last training event, so recent popularity counts more; None gives plain counts."""
 
     tasks: ClassVar[frozenset[str]] = RECOMMEND
+    supports_weights: ClassVar[bool] = True  # each event counts its `weight`
 
     def __init__(self, *, half_life_days: float | None = None) -> None:
         super().__init__(half_life_days=half_life_days)
@@ -148,12 +154,12 @@ class PopularityRanker(Ranker):
         inter = trainable(train.interactions)
         inter = inter[positive_mask(inter)]
         items = train.item_map.to_internal(inter[Col.ITEM_ID])
-        w = np.ones(len(items))
+        w = record_weights(inter).astype(np.float64)
         if self.half_life_days is not None and len(inter):
             if self.half_life_days <= 0:
                 raise ShoprankError("popularity: half_life_days must be positive")
             secs = inter[Col.TIMESTAMP].to_numpy(dtype="datetime64[ns]").astype(np.int64) / 1e9
-            w = 0.5 ** ((secs.max() - secs) / (self.half_life_days * 86400.0))
+            w = w * 0.5 ** ((secs.max() - secs) / (self.half_life_days * 86400.0))
         self.item_scores_ = np.bincount(items, weights=w, minlength=train.n_items).astype(np.float32)
         self.n_items_ = train.n_items
         self.fitted_ = True
@@ -189,9 +195,11 @@ class ItemKNNRanker(Ranker):
     Similarity: cosine between item columns of the binary user x item positive matrix,
     co / (sqrt(n_i n_j) + shrink), self-similarity removed, top `k_neighbors` per item kept.
     A user's score for item j is the sum over history items i of w_i * sim(i, j), where
-    w_i = recency_decay**(steps before the last item) or 1 when `recency_decay` is None."""
+    w_i = recency_decay**(steps before the last item) or 1 when `recency_decay` is None.
+    Training weights scale each (user, item) entry of the matrix (weight 0 leaves it out)."""
 
     tasks: ClassVar[frozenset[str]] = RECOMMEND
+    supports_weights: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -218,7 +226,7 @@ class ItemKNNRanker(Ranker):
         self.pop_: np.ndarray = np.zeros(0, np.float32)
 
     def fit(self, train: Dataset, valid: Dataset | None = None) -> Self:
-        x = _binary_positives(train)
+        x = _binary_positives(train, weighted=True)  # weighted co-occurrence cosine
         co = (x.T @ x).tocoo()
         n = np.asarray(x.sum(axis=0)).ravel()
         off = co.row != co.col
@@ -255,9 +263,11 @@ class TransitionRanker(Ranker):
     Counts of a followed by b in each user's time-ordered positive sequence, rows normalised
     to probabilities (`normalize`). Score = sum over the last `window` history items of
     decay**d * P[item d steps before the last], plus tie_eps * normalised popularity as the
-    back-off. A strong baseline on next-item data (amazon-industrial: HR@10 ~ 0.11)."""
+    back-off. A strong baseline on next-item data (amazon-industrial: HR@10 ~ 0.11).
+    Training weights: a transition counts the weight of the event it leads to."""
 
     tasks: ClassVar[frozenset[str]] = RECOMMEND
+    supports_weights: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -277,16 +287,20 @@ class TransitionRanker(Ranker):
 
     def fit(self, train: Dataset, valid: Dataset | None = None) -> Self:
         n = train.n_items
-        seqs = [s for s in user_sequences(train).values() if len(s) > 1]
-        prev = np.concatenate([s[:-1] for s in seqs]) if seqs else np.zeros(0, np.int64)
-        nxt = np.concatenate([s[1:] for s in seqs]) if seqs else np.zeros(0, np.int64)
-        t = sp.csr_matrix((np.ones(len(prev), np.float32), (prev, nxt)), shape=(n, n), dtype=np.float32)
+        seqs = [(s, w) for s, w in user_sequences_weighted(train).values() if len(s) > 1]
+        prev = np.concatenate([s[:-1] for s, _ in seqs]) if seqs else np.zeros(0, np.int64)
+        nxt = np.concatenate([s[1:] for s, _ in seqs]) if seqs else np.zeros(0, np.int64)
+        # a transition counts the weight of the event it leads to; a weight-0 event is never a
+        # target but stays the "previous item" of the next one, as in the LM ranker
+        wt = np.concatenate([w[1:] for _, w in seqs]).astype(np.float32) if seqs else np.zeros(0, np.float32)
+        t = sp.csr_matrix((wt, (prev, nxt)), shape=(n, n), dtype=np.float32)
         t.sum_duplicates()
+        t.eliminate_zeros()
         if self.normalize:
             out = np.asarray(t.sum(axis=1)).ravel()
             t = sp.csr_matrix(sp.diags(np.where(out > 0, 1.0 / np.maximum(out, 1e-12), 0.0)) @ t)
         self.trans_ = t.astype(np.float32)
-        pop = item_popularity(train)  # trainable rows only: context rows never teach
+        pop = item_popularity(train, weighted=True)  # trainable rows only: context rows never teach
         self.pop_ = _normalised(pop)
         self.n_items_ = n
         self.fitted_ = True
@@ -326,7 +340,7 @@ class _FactorRanker(Ranker):
     def fit(self, train: Dataset, valid: Dataset | None = None) -> Self:
         from threadpoolctl import threadpool_limits
 
-        x = _binary_positives(train)
+        x = _binary_positives(train, weighted=self.supports_weights)
         # implicit parallelises itself; a BLAS thread pool on top only oversubscribes
         with threadpool_limits(1, "blas"):
             model = self._implicit_model()
@@ -364,11 +378,14 @@ class _FactorRanker(Ranker):
 class ALSRanker(_FactorRanker):
     """Implicit-feedback ALS (Hu, Koren & Volinsky 2008) via `implicit`, CPU.
 
-    Training data: the binary positive matrix, confidence = alpha for every positive.
+    Training data: the binary positive matrix, confidence = alpha for every positive (times
+    the pair's training weight when the data has one; weight 0 leaves the pair out).
     Every user (known or not) is folded in from the batch history by the exact ALS user
     step with the learned item factors Y, as `implicit`'s `recalculate_user` does:
     u = (YtY + reg I + sum_i (c_i - 1) y_i y_i^T)^-1 sum_i c_i y_i, with c_i = alpha,
     solved for the whole batch at once."""
+
+    supports_weights: ClassVar[bool] = True
 
     def __init__(
         self,
