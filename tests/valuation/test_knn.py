@@ -11,6 +11,7 @@ from shoprank.valuation import (
     ValuationData,
     knn_shapley_values,
     knn_utility,
+    nearest_item_lists,
 )
 
 
@@ -97,3 +98,43 @@ def test_embedding_targets_equal_brute_force(n: int) -> None:
     assert np.allclose(fast, brute, atol=1e-6)  # float32 vectors
     with pytest.raises(Exception, match="vectors"):
         knn_shapley_values(xtr, ytr[:, 0], xte, yte[:, 0], target="embedding")
+
+
+@pytest.mark.parametrize("n", [5, 8])
+def test_list_targets_equal_brute_force(n: int) -> None:
+    """`target="lists"`: a neighbour matches when the test id is in its list."""
+    rng = np.random.default_rng(n)
+    lists = nearest_item_lists(rng.normal(size=(6, 3)), 2)
+    xtr, xte = rng.normal(size=(n, 3)), rng.normal(size=(4, 3))
+    ytr, yte = lists[rng.integers(0, 6, n)], rng.integers(0, 6, 4)
+    fast = knn_shapley_values(xtr, ytr, xte, yte, k=3, target="lists", chunk_size=3)
+    brute = ExactShapley().fit(knn_utility(xtr, ytr, xte, yte, k=3, target="lists")).values
+    assert np.allclose(fast, brute, atol=1e-12)
+    with pytest.raises(Exception, match="id lists"):
+        knn_shapley_values(xtr, ytr[:, 0], xte, yte, target="lists")
+
+
+def test_nearest_item_lists() -> None:
+    v = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [1.0, 0.0]])  # item 4 duplicates item 0
+    lists = nearest_item_lists(v, 3, chunk=2)
+    assert lists[:, 0].tolist() == [0, 1, 2, 3, 4]  # itself first, even beside an exact duplicate
+    assert lists[0, 1] == 4 and lists[4, 1] == 0 and lists[2, 1] == 3
+    assert nearest_item_lists(v, 5).shape == (5, 5)
+    with pytest.raises(Exception, match="list size"):
+        nearest_item_lists(v, 6)
+
+
+def test_list_match_gives_a_hub_no_credit() -> None:
+    """Why lists: a "hub" next item (close to every validation item) earns cosine credit from
+    all of them, yet none of them is among its own nearest items."""
+    items = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.9, 0.1, 0.0],
+                      [0.1, 0.9, 0.0], [0.0, 0.1, 0.9], [0.58, 0.58, 0.57],  # item 6: the hub
+                      [0.6, 0.56, 0.57]])  # item 7: the hub's own nearest item
+    xtr = np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
+    ytr_items = np.array([0, 1, 6])  # two ordinary next items and one click on the hub
+    xte, yte = np.array([[0.9, 0.1], [0.1, 0.9], [0.5, 0.5]]), np.array([3, 4, 5])
+    cos = knn_shapley_values(xtr, items[ytr_items], xte, items[yte], k=1, target="embedding")
+    lists = nearest_item_lists(items, 2)
+    lst = knn_shapley_values(xtr, lists[ytr_items], xte, yte, k=1, target="lists")
+    assert cos[2] > 0.3  # the hub click looks useful under the cosine match
+    assert lst[2] <= 0 < min(lst[0], lst[1])

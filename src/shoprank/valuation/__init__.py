@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 from shoprank.valuation.base import Valuation, available_methods, get_method, register_method
 from shoprank.valuation.baselines import RandomValuation
 from shoprank.valuation.crossfit import CrossFitConfidence
-from shoprank.valuation.knn import KNNShapley, knn_attribution, knn_shapley_values, knn_utility
+from shoprank.valuation.knn import (
+    KNNShapley,
+    knn_attribution,
+    knn_shapley_values,
+    knn_utility,
+    nearest_item_lists,
+)
 from shoprank.valuation.oob import DataOOB
 from shoprank.valuation.parallel import (
     Backend,
@@ -73,7 +79,7 @@ __all__ = [
     "RelativeStandardError", "Sampler", "Scorer", "SequentialBackend", "StoppingCriterion", "TMCShapley",
     "UniformSampler", "Utility", "Valuation", "ValuationData", "ValuationResult", "available_methods",
     "banzhaf_sizes", "beta_sizes", "exact_semivalue", "get_backend", "get_method", "get_scorer",
-    "knn_attribution", "knn_shapley_values", "knn_utility", "ndcg_scorer", "register_method", "shapley_sizes",
+    "knn_attribution", "knn_shapley_values", "knn_utility", "nearest_item_lists", "ndcg_scorer", "register_method", "shapley_sizes",
 ]
 
 if TYPE_CHECKING:

@@ -9,9 +9,14 @@ with a_1..a_N the training points by distance,
     s(a_i) = s(a_{i+1}) + (m(a_i) - m(a_{i+1})) / K * min(K, i) / i.
 
 The recursion only uses that u is a sum of per-point terms over the top K, so it holds for
-any match score m: 1[y_j = y_t] for labels, 1 - |y_j - y_t| / range for graded targets, and
+any match score m: 1[y_j = y_t] for labels, 1 - |y_j - y_t| / range for graded targets,
 the cosine of target vectors for implicit next-item pairs (x: the history's embedding, y: the
-next item's embedding; a neighbour is worth what its next item tells about this one's).
+next item's embedding; a neighbour is worth what its next item tells about this one's), and
+`target="lists"`: 1[y_t in L_j], where L_j is a list of ids per training point, e.g. its next
+item's M nearest catalog items (`nearest_item_lists`). Why lists: under the cosine match a
+"hub" item, close to much of the catalog, earns credit from almost every validation target,
+so click spam on a hub looks useful; every item's list holds exactly M items, so no item is
+credited more often than another by construction.
 
 Why chunked: a block of test points at a time (distances, one argsort per row, a reverse
 cumulative sum, a bincount back to training order) keeps memory at about
@@ -32,7 +37,7 @@ from shoprank.valuation.result import ValuationResult
 from shoprank.valuation.utility import FunctionUtility, ValuationData
 
 METRICS = ("cosine", "euclidean")
-TARGETS = ("classification", "graded", "embedding")
+TARGETS = ("classification", "graded", "embedding", "lists")
 DEFAULT_BLOCK = 1 << 21  # elements of one (chunk x n_train) block: ~100 MB of working arrays
 
 
@@ -60,7 +65,40 @@ def _match_sorted(ytr: np.ndarray, order: np.ndarray, yte: np.ndarray, target: s
     """m(j, t) for the training points in each test row's distance order."""
     if target == "embedding":  # cosine of target vectors (next items): gather, never (c, N, d)
         return np.take_along_axis((yte @ ytr.T).astype(np.float64), order, axis=1)
+    if target == "lists":  # membership in training order first: (c, N) booleans, never (c, N, M) ids
+        return np.take_along_axis(_in_lists(ytr, yte).astype(np.float64), order, axis=1)
     return _match(ytr[order], yte, target, scale)
+
+
+def _in_lists(lists: np.ndarray, yte: np.ndarray) -> np.ndarray:
+    """(n_test, N): is test id t in training point j's list (one list column at a time)."""
+    out = np.zeros((len(yte), len(lists)), dtype=bool)
+    for c in range(lists.shape[1]):
+        out |= lists[None, :, c] == yte[:, None]
+    return out
+
+
+def nearest_item_lists(item_vectors: np.ndarray, m: int, *, chunk: int = 2048) -> np.ndarray:
+    """(n_items, m) int64: each item's m nearest catalog items by cosine, itself first.
+
+    The `lists` target of KNN-Shapley for next-item pairs: y_train = lists[next item ids],
+    y_test = the validation next item ids. Chunked, so a large catalog never needs the
+    full item x item matrix."""
+    v = np.asarray(item_vectors, dtype=np.float32)
+    if v.ndim != 2 or not len(v):
+        raise ShoprankError("item_vectors must be a non-empty (n_items, d) array")
+    if not 1 <= m <= len(v):
+        raise ShoprankError(f"list size m must be between 1 and the number of items ({len(v)}), got {m}")
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    out = np.empty((len(v), m), dtype=np.int64)
+    for s in range(0, len(v), chunk):
+        sim = v[s:s + chunk] @ v.T
+        rows = np.arange(len(sim))
+        sim[rows, s + rows] = np.inf  # itself first, even among exact duplicates
+        top = np.argpartition(-sim, m - 1, axis=1)[:, :m] if m < len(v) else np.tile(np.arange(len(v)), (len(sim), 1))
+        o = np.lexsort((top, -np.take_along_axis(sim, top, axis=1)), axis=1)  # by similarity, ties by id
+        out[s:s + chunk] = np.take_along_axis(top, o, axis=1)
+    return out
 
 
 def _unit_rows(y: np.ndarray) -> np.ndarray:
@@ -133,6 +171,11 @@ def knn_shapley_values(
         if ytr.ndim != 2 or yte.ndim != 2:
             raise ShoprankError("target 'embedding' needs y as vectors (n, d), e.g. next-item embeddings")
         ytr, yte = _unit_rows(ytr), _unit_rows(yte)
+    if target == "lists":
+        if ytr.ndim != 2 or yte.ndim != 1:
+            raise ShoprankError("target 'lists' needs y_train as (n, M) id lists and y_test as (n,) ids "
+                                "(see nearest_item_lists)")
+        ytr, yte = ytr.astype(np.int64), yte.astype(np.int64)
     n, n_test = len(ytr), len(yte)
     if n == 0 or n_test == 0:
         return np.zeros(n)
@@ -170,6 +213,8 @@ def knn_utility(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_
     rank = np.argsort(np.argsort(d, axis=1), axis=1)  # rank of each train point per test point
     if target == "embedding":
         m = (_unit_rows(yte) @ _unit_rows(ytr).T).astype(np.float64)
+    elif target == "lists":
+        m = _in_lists(ytr.astype(np.int64), yte.astype(np.int64)).astype(np.float64)
     else:
         m = _match(ytr[None, :].repeat(len(yte), 0), yte, target, scale)
 
@@ -185,8 +230,9 @@ def knn_utility(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_
 
 @register_method("knn-shapley")
 class KNNShapley(Valuation):
-    """Exact KNN-Shapley on feature vectors (embeddings): labels, graded targets or target
-    vectors (`target="embedding"`, implicit next-item pairs).
+    """Exact KNN-Shapley on feature vectors (embeddings): labels, graded targets, target
+    vectors (`target="embedding"`, implicit next-item pairs) or id lists (`target="lists"`:
+    a neighbour matches when the test id is in its list, see `nearest_item_lists`).
 
     `fit(data)` values `data.x_train` against `data.x_valid`; values are per training row.
     `self_valuation=True` uses the training points themselves as test points (each left out
