@@ -353,7 +353,7 @@ def value(
     out: Annotated[Path, typer.Option(help="folder for values.csv, groups.csv and report.html")],
     group_by: Annotated[str | None, typer.Option("--group-by", help="value groups: a column (source, labeler, category, event, ...) or day/week/month")] = None,
     model: Annotated[Path | None, typer.Option(help="trained dense/lm model directory whose embeddings to use")] = None,
-    task: Annotated[str, typer.Option(help="auto | interactions | click | search")] = "auto",
+    task: Annotated[str, typer.Option(help="auto | interactions | click | search | next-item")] = "auto",
     param: Annotated[list[str] | None, typer.Option("--param", help="method setting key=value, e.g. k=10")] = None,
     cost: Annotated[list[str] | None, typer.Option("--cost", help="cost per record of a group: group=0.002")] = None,
     max_rows: Annotated[int | None, typer.Option(help="value a random sample of at most this many records")] = None,

@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from shoprank.data.dataset import Dataset
 from shoprank.data.splits import split_dataset
 from shoprank.data.synth import SynthConfig, save_synth, synthesize
 from shoprank.errors import ShoprankError
-from shoprank.valuation.features import build_records
+from shoprank.valuation.features import Embedder, build_records
 from shoprank.valuation.job import retrain_without, run_valuation
 
 
@@ -105,3 +106,42 @@ def test_demo_valuation_step(tmp_path: Path) -> None:
     assert "lowest value: bot (matches the ground-truth noisiest source, bot)" in text
     assert "best value per cost:" in text
     assert (res.run_dir / "valuation" / "report.html").exists()
+
+
+def _spam_shop() -> tuple[Dataset, np.ndarray]:
+    """Two taste groups (items 0-24 near one direction, 25-49 near another), one promoted
+    product (50) clicked by a bot in many shoppers' sessions, ten unrelated items (51-60).
+    Returns the dataset and the item vectors."""
+    rng = np.random.default_rng(0)
+    axes = np.eye(3, dtype=np.float32)
+    vec = np.vstack([axes[0] + 0.3 * rng.normal(size=(25, 3)), axes[1] + 0.3 * rng.normal(size=(25, 3)),
+                     axes[2][None, :], axes[2] + 0.3 * rng.normal(size=(10, 3))]).astype(np.float32)
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(len(vec))], "title": [f"item {i}" for i in range(len(vec))]})
+    rows = []
+    for u in range(40):
+        group = range(25) if u % 2 else range(25, 50)
+        seq = rng.choice(list(group), size=9, replace=False)
+        for t, i in enumerate(seq):
+            rows.append((f"u{u}", f"i{i}", 10 * t, "train" if t < 6 else "valid" if t < 8 else "test"))
+        if u < 30:
+            rows.append((f"u{u}", "i50", 10 * int(rng.integers(1, 6)) + 5, "train"))
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "split"]).assign(event="click")
+    inter["timestamp"] = pd.to_datetime(1_600_000_000 + inter["timestamp"], unit="s", utc=True)
+    return Dataset.from_frames("spam", items, inter), vec
+
+
+def test_next_item_records_flag_the_promoted_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--task next-item`: history -> next-item records; a product clicked by a bot across
+    taste groups is worth significantly less per event than the rest (`--group-by item_id`)."""
+    ds, vec = _spam_shop()
+    monkeypatch.setattr(Embedder, "items", lambda self: vec)
+    job = run_valuation(ds, "knn-shapley", task="next-item", group_by="item_id", params={"k": 5})
+    rec = job.records
+    assert rec.task == "next-item" and len(job.result) == len(rec.frame)
+    n_first = ds.interactions.query("split == 'train'")["user_id"].nunique()  # each shopper's first event
+    assert len(rec.frame) == int((ds.interactions["split"] == "train").sum()) - n_first
+    assert any(f"{n_first} positive training events have no earlier event" in n for n in job.notes)
+    g = job.groups
+    assert g is not None and g.loc[g["significantly_low"], "group"].tolist() == ["i50"]
+    with pytest.raises(ShoprankError, match="cannot value next-item records"):
+        run_valuation(ds, "data-oob", task="next-item")

@@ -12,6 +12,11 @@ validation set; a shop has interactions, judgments and a catalog. Three record k
   engaged; features are the item's text embedding beside the user's mean exposure embedding.
 - `search`: each judgment is a record with its grade; features are the query and item
   embeddings side by side; validation is NDCG@10 over held-out queries.
+- `next-item`: each positive training event with at least one earlier positive event of the
+  same shopper is a record (history -> next item); x is the mean embedding of the last 10
+  history items, y the next item's list of its `list_size` nearest catalog items, and the
+  validation period's events are the test points (KNN-Shapley `target="lists"`). This is
+  how click spam concentrated on a few products is found (`--group-by item_id`).
 
 Embeddings come from the frozen encoder (cached on disk) or from a trained `dense`/`lm`
 model directory (`item_embeddings.npy`, and its query encoder).
@@ -19,7 +24,7 @@ model directory (`item_embeddings.npy`, and its query encoder).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
@@ -28,11 +33,19 @@ import pandas as pd
 
 from shoprank.data.dataset import Dataset
 from shoprank.data.schema import EVENT_STRENGTH, Col
-from shoprank.data.splits import DataSplit, ordered, positive_mask, split_dataset, trainable
+from shoprank.data.splits import (
+    DataSplit,
+    histories_for,
+    ordered,
+    positive_mask,
+    split_dataset,
+    trainable,
+)
 from shoprank.errors import ShoprankError
 from shoprank.valuation.utility import Scorer, ValuationData
 
-TASKS = ("interactions", "click", "search")
+TASKS = ("interactions", "click", "search", "next-item")
+NEXT_ITEM_METHODS = ("knn-shapley", "random")  # point methods that take id-list targets
 TIME_GROUPS = {"day": "D", "week": "W", "month": "M"}
 
 
@@ -47,6 +60,7 @@ class Records:
     model: Any
     scorer: str | Scorer
     items: pd.DataFrame | None = None  # the catalog, to group by an item column (category, brand)
+    notes: list[str] = field(default_factory=list)  # what the records leave out, said in the job's notes
 
     def group_labels(self, column: str) -> np.ndarray:
         """Group of each record: a column of `frame`, a catalog column of its item (category,
@@ -278,6 +292,40 @@ def search_records(ds: Dataset, split: DataSplit, emb: Embedder) -> Records:
     return Records("search", tr, data, Ridge(alpha=10.0), "ndcg@10")
 
 
+def next_item_records(ds: Dataset, split: DataSplit, emb: Embedder, *, list_size: int = 20,
+                      history_len: int = 10) -> Records:
+    from shoprank.valuation.knn import nearest_item_lists
+
+    item_emb = emb.items()
+    lists = nearest_item_lists(item_emb, min(list_size, len(item_emb)))
+    tr = trainable(split.train.interactions)
+    tr = tr[positive_mask(tr)].reset_index(drop=True)
+    va = trainable(split.valid.interactions)
+    va = va[positive_mask(va)].reset_index(drop=True)
+    if not len(tr) or not len(va):
+        raise ShoprankError(f"dataset {ds.name!r}: next-item valuation needs positive events in train and valid")
+
+    def pairs(frame: pd.DataFrame, ctx: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        h = histories_for(split.train.with_tables(interactions=ctx), frame, max_len=history_len, positives_only=True)
+        has = np.array([len(x) > 0 for x in h.items], dtype=bool)
+        x = np.zeros((len(frame), item_emb.shape[1]), np.float32)
+        for i in np.flatnonzero(has):
+            x[i] = item_emb[h.items[i]].mean(0)
+        return x, has
+
+    xtr, has = pairs(tr, tr)
+    xva, hva = pairs(va, pd.concat([tr, va]))
+    if not has.any() or not hva.any():
+        raise ShoprankError("next-item valuation: no event has an earlier event of the same shopper "
+                            "(in training or in validation)")
+    frame = tr[has].reset_index(drop=True)
+    data = ValuationData(xtr[has], lists[ds.item_map.to_internal(frame[Col.ITEM_ID])], xva[hva],
+                         ds.item_map.to_internal(va.loc[hva, Col.ITEM_ID]), names=np.arange(len(frame)))
+    notes = [f"{int((~has).sum())} positive training events have no earlier event of their shopper and are "
+             f"not valued (nothing to predict them from); {len(frame)} are"] if (~has).any() else []
+    return Records("next-item", frame, data, None, "knn", notes=notes)
+
+
 def build_records(ds: Dataset, task: str = "auto", *, split: DataSplit | None = None, model_dir: Path | None = None,
                   cache_dir: Path | None = None, max_rows: int | None = None, seed: int = 0) -> Records:
     """Records for a task ("auto": interactions if the data has any, else search)."""
@@ -290,6 +338,7 @@ def build_records(ds: Dataset, task: str = "auto", *, split: DataSplit | None = 
         rec = interaction_records(ds, sp)
     else:
         emb = Embedder(ds, model_dir=model_dir, cache_dir=cache_dir)
-        rec = click_records(ds, sp, emb, max_rows=max_rows, seed=seed) if task == "click" else search_records(ds, sp, emb)
+        rec = (click_records(ds, sp, emb, max_rows=max_rows, seed=seed) if task == "click"
+               else next_item_records(ds, sp, emb) if task == "next-item" else search_records(ds, sp, emb))
     rec.items = ds.items
     return rec

@@ -22,7 +22,12 @@ from shoprank.errors import ShoprankError
 from shoprank.valuation.acquisition import AcquisitionPlanner, aggregate, group_table
 from shoprank.valuation.base import get_method
 from shoprank.valuation.experiments import low_value_groups, value_curves
-from shoprank.valuation.features import Records, build_records, interaction_records
+from shoprank.valuation.features import (
+    NEXT_ITEM_METHODS,
+    Records,
+    build_records,
+    interaction_records,
+)
 from shoprank.valuation.result import ValuationResult
 from shoprank.valuation.stopping import MaxTime, MaxUpdates, RelativeStandardError
 from shoprank.valuation.utility import ModelUtility
@@ -110,7 +115,10 @@ def run_valuation(
     m = get_method(method, **params)
     rec = records if records is not None else build_records(ds, task, split=split, model_dir=model_dir,
                                                             cache_dir=cache_dir, max_rows=max_rows, seed=seed)
-    notes: list[str] = []
+    notes: list[str] = list(rec.notes)
+    if rec.task == "next-item" and method not in NEXT_ITEM_METHODS:
+        raise ShoprankError(f"method {method!r} cannot value next-item records (their targets are lists of "
+                            f"item ids); use one of {NEXT_ITEM_METHODS}")
     labels = rec.group_labels(group_by) if group_by else None
     low: pd.DataFrame | None = None  # point methods: the per-group test of record values
     if m.level == "points":
@@ -118,7 +126,7 @@ def run_valuation(
             raise ShoprankError(f"method {method!r} values feature vectors: use --task click or --task search "
                                 "(interaction records are valued by retraining methods, e.g. tmc-shapley)")
         if "target" not in params and hasattr(m, "target"):
-            m.target = ("classification" if rec.task == "click"
+            m.target = ("classification" if rec.task == "click" else "lists" if rec.task == "next-item"
                         else "graded" if method == "knn-shapley" else "regression")
         if hasattr(m, "seed") and "seed" not in params:
             m.seed = seed
@@ -154,7 +162,7 @@ def run_valuation(
         sizes = {g: len(mm) for g, mm in zip(names, members, strict=True)}
         cost = {**_group_costs(rec, labels), **(costs or {})}
         table = group_table(group_res, sizes, cost)
-        if acquisition and len(names) <= 50:
+        if acquisition and len(names) <= 50 and rec.model is not None:  # next-item records have no model to retrain
             plan = AcquisitionPlanner(rec.model, rec.scorer, costs=cost, n_more=n_more, seeds=(seed,))
             table = plan.fit(rec.data.with_groups(labels), group_res).table_
         if low is not None:
@@ -164,7 +172,7 @@ def run_valuation(
                 notes.append(f"{n_low} {group_by} group(s) worth significantly less per record than the rest "
                              "(one-sided t-test, Bonferroni p < 0.01): column significantly_low")
         job.groups = table
-    if curves and m.level == "points" and rec.task != "interactions":
+    if curves and m.level == "points" and rec.task not in ("interactions", "next-item"):
         if len(rec.frame) <= MAX_CURVE_ROWS:
             job.curves = value_curves({method: result.values}, rec.data, rec.model, rec.scorer,
                                       random_seeds=(seed, seed + 1, seed + 2))
