@@ -122,10 +122,12 @@ def data_check(
 @data_app.command("weigh")
 def data_weigh(
     data: Annotated[Path, typer.Option(help="dataset folder")],
-    values: Annotated[Path, typer.Option(help="values.csv written by `shoprank value` on this dataset")],
+    values: Annotated[Path, typer.Option(help="values.csv (or groups.csv) written by `shoprank value` on this dataset")],
     out: Annotated[Path, typer.Option(help="dataset folder to write (the same data with a weight column)")],
     drop_lowest: Annotated[float | None, typer.Option(help="fraction of the valued rows with the lowest values")] = None,
     drop_below: Annotated[float | None, typer.Option(help="every valued row below this value")] = None,
+    drop_flagged: Annotated[bool, typer.Option(help="every group flagged significantly_low (--values groups.csv)")] = False,
+    group_by: Annotated[str | None, typer.Option(help="with a groups.csv: the column its groups are of")] = None,
     weight: Annotated[float, typer.Option(help="weight of the selected records (0: not a training target)")] = 0.0,
     table: Annotated[str | None, typer.Option(help="interactions | judgments, for group values both could take")] = None,
 ) -> None:
@@ -139,7 +141,7 @@ def data_weigh(
     if not values.exists():
         raise ShoprankError(f"{values}: no such file")
     new, how = apply_values(Dataset.load(data), pd.read_csv(values), drop_lowest=drop_lowest, drop_below=drop_below,
-                            weight=weight, table=table)
+                            drop_flagged=drop_flagged, group_by=group_by, weight=weight, table=table)
     new.save(out)
     what = f" (groups: {', '.join(how.groups)})" if how.groups else ""
     console.print(f"{how.n_selected} valued rows selected{what}: {how.n_records} {how.table} records now weigh "

@@ -45,6 +45,28 @@ def test_group_values_weigh_every_record_of_the_group(shop: Dataset) -> None:
         shop.judgments["item_id"].map(item_cat).eq(cats.loc[0, "category"]).sum()) > 0
 
 
+def test_flagged_groups_of_a_groups_csv(shop: Dataset, tmp_path: Path) -> None:
+    """groups.csv of a grouped point valuation: `drop_flagged` weighs every record of the
+    groups flagged significantly_low; the file says nothing of its grouping column, so it is asked."""
+    items = shop.interactions["item_id"].unique()[:3]
+    groups = pd.DataFrame({"group": items, "value": [-1.0, -2.0, 0.5], "n_records": 3,
+                           "significantly_low": [True, False, False]})
+    groups.to_csv(tmp_path / "groups.csv", index=False)
+    new, how = apply_values(shop, pd.read_csv(tmp_path / "groups.csv"), drop_flagged=True, group_by="item_id")
+    hit = (shop.interactions["item_id"] == items[0]).to_numpy()
+    assert how.groups == [items[0]] and how.n_records == int(hit.sum()) > 0
+    assert (record_weights(new.interactions) == np.where(hit, 0.0, 1.0)).all()
+    with pytest.raises(ShoprankError, match="which column the groups are of"):
+        apply_values(shop, groups, drop_flagged=True)
+    with pytest.raises(ShoprankError, match="exactly one rule"):
+        apply_values(shop, groups, drop_flagged=True, drop_below=0.0, group_by="item_id")
+    with pytest.raises(ShoprankError, match="line 3, field 'significantly_low'"):
+        apply_values(shop, groups.assign(significantly_low=["True", "maybe", "False"]), drop_flagged=True,
+                     group_by="item_id")
+    with pytest.raises(ShoprankError, match="no 'significantly_low' column"):
+        apply_values(shop, pd.DataFrame({"item_id": items, "value": 1.0}), drop_flagged=True)
+
+
 def test_record_values_from_a_real_job_roundtrip(shop: Dataset, fake_embeddings: None, tmp_path: Path) -> None:
     job = run_valuation(shop, "data-oob", task="click", params={"n_estimators": 10}, curves=False, acquisition=False)
     vals = pd.read_csv(job.save(tmp_path / "val")["values"])

@@ -19,7 +19,8 @@ from shoprank.data.splits import record_weights
 from shoprank.errors import ShoprankError
 
 # values.csv columns that describe the valuation, not the record
-_RESULT_COLUMNS = ("index", "name", "value", "stderr", "count")
+_RESULT_COLUMNS = ("index", "name", "value", "stderr", "count", "significantly_low")
+FLAG = "significantly_low"  # groups.csv: the group's records are worth significantly less than the rest
 # how a valued record is found again: judgments by (query, item), events by their own columns;
 # plus the labeler / source where values.csv has them (several labelers judge the same pair)
 _KEYS = {"judgments": [Col.QUERY, Col.ITEM_ID], "interactions": [Col.USER_ID, Col.ITEM_ID, Col.TIMESTAMP, Col.EVENT]}
@@ -37,9 +38,20 @@ class Weighing:
     groups: list[str]
 
 
-def _select(values: pd.DataFrame, drop_lowest: float | None, drop_below: float | None) -> np.ndarray:
-    if (drop_lowest is None) == (drop_below is None):
-        raise ShoprankError("give exactly one rule: drop_lowest (a fraction) or drop_below (a value)")
+def _select(values: pd.DataFrame, drop_lowest: float | None, drop_below: float | None,
+            drop_flagged: bool = False) -> np.ndarray:
+    if (drop_lowest is not None) + (drop_below is not None) + bool(drop_flagged) != 1:
+        raise ShoprankError("give exactly one rule: drop_lowest (a fraction), drop_below (a value) or "
+                            "drop_flagged (the significantly low groups of a groups.csv)")
+    if drop_flagged:
+        if FLAG not in values.columns:
+            raise ShoprankError(f"values: no {FLAG!r} column; drop_flagged needs the groups.csv of a point method "
+                                "valued with --group-by")
+        f = values[FLAG].astype(str).str.lower()
+        bad = ~f.isin(["true", "false"])
+        if bad.any():
+            raise ShoprankError(f"values line {int(np.flatnonzero(bad)[0]) + 2}, field {FLAG!r}: not true or false")
+        return (f == "true").to_numpy()
     v = pd.to_numeric(values["value"], errors="coerce").to_numpy(np.float64)
     if np.isnan(v).any():
         line = int(np.flatnonzero(np.isnan(v))[0]) + 2  # header is line 1
@@ -56,8 +68,8 @@ def _select(values: pd.DataFrame, drop_lowest: float | None, drop_below: float |
 
 
 def apply_values(ds: Dataset, values: pd.DataFrame, *, drop_lowest: float | None = None,
-                 drop_below: float | None = None, weight: float = 0.0, table: str | None = None
-                 ) -> tuple[Dataset, Weighing]:
+                 drop_below: float | None = None, drop_flagged: bool = False, group_by: str | None = None,
+                 weight: float = 0.0, table: str | None = None) -> tuple[Dataset, Weighing]:
     """A copy of `ds` in which the records the rule selects carry `weight` (0: drop as a target).
 
     `values` is a `shoprank value` values.csv: one row per record (with the record's columns:
@@ -65,13 +77,19 @@ def apply_values(ds: Dataset, values: pd.DataFrame, *, drop_lowest: float | None
     row per group (a column named after the grouping, e.g. `source`, `labeler` or an item column
     such as `category`; every record of the group gets the weight; `table` picks events or
     judgments where both could apply, by default the events). Rules: the `drop_lowest` fraction of rows by value, or every row
-    valued below `drop_below`. A selected row that matches no record is an error, never skipped.
-    Existing weights are kept where they are lower."""
+    valued below `drop_below`, or (`drop_flagged`, with a groups.csv and the `group_by` column it
+    was valued by) every group flagged `significantly_low`. A selected row that matches no
+    record is an error, never skipped. Existing weights are kept where they are lower."""
     if "value" not in values.columns:
         raise ShoprankError("values: no 'value' column; is this a `shoprank value` values.csv?")
+    if "group" in values.columns and FLAG in values.columns:  # a groups.csv: name its grouping column
+        if not group_by:
+            raise ShoprankError("values look like a groups.csv: say which column the groups are of (group_by, "
+                                "e.g. item_id or source)")
+        values = values[["group", "value", FLAG]].rename(columns={"group": group_by})
     if weight < 0 or not np.isfinite(weight):
         raise ShoprankError(f"weight must be finite and >= 0, got {weight}")
-    sel = _select(values, drop_lowest, drop_below)
+    sel = _select(values, drop_lowest, drop_below, drop_flagged)
     rest = [c for c in values.columns if c not in _RESULT_COLUMNS]
     if table not in (None, "interactions", "judgments"):
         raise ShoprankError(f"table must be 'interactions' or 'judgments', got {table!r}")
