@@ -54,6 +54,7 @@ ACTIVE: dict[str, object] = {"features": "all", "eval": "judged", "seeds": 3, "s
                               "strategies": ("random", "uncertainty", "uncertainty-value", "diverse-uncertainty")}
 OUT = Path(__file__).resolve().parent / "out"
 K = 10
+LIST_M = 20  # knn-items-lists: chosen on seeds 0-7 by injected events flagged (20 and 50 tried), not on NDCG
 
 
 def _pydvl_knn(x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray, k: int) -> tuple[np.ndarray, float]:
@@ -386,21 +387,31 @@ def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
     tr = split.train.interactions.reset_index(drop=True)
     rng = np.random.default_rng(seed)
     noisy = rng.random(len(tr)) < frac
-    bad = tr.copy()
+    added = noise.endswith("-add")  # the spam is added beside the real events instead of replacing them
+    kind = noise.removesuffix("-add")
     emb = _encoder().encode(render_items(ds.items), progress=True)
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    if noise == "spam":
+    if kind == "spam":
         promoted = rng.choice(ds.n_items, 20, replace=False)
         repl = promoted[rng.integers(0, 20, int(noisy.sum()))]
-    elif noise == "targeted":  # each promoted item clicked by the shoppers of one taste cluster
+    elif kind == "targeted":  # each promoted item clicked by the shoppers of one taste cluster
         repl, promoted = _targeted_spam(rng, ds.n_items, emb[ds.item_map.to_internal(tr["item_id"])],
                                         tr["user_id"].astype(str).to_numpy(), noisy, seed)
     else:
         promoted = np.array([], dtype=np.int64)
         repl = rng.integers(0, ds.n_items, int(noisy.sum()))
-    bad.loc[noisy, "item_id"] = ds.items["item_id"].to_numpy()[repl]
+    if added:  # one spam click right after each chosen real event of the same shopper (1 ms later)
+        extra = tr[noisy].copy()
+        extra["item_id"] = ds.items["item_id"].to_numpy()[repl]
+        extra["timestamp"] = extra["timestamp"] + pd.Timedelta(milliseconds=1)
+        bad = pd.concat([tr, extra], ignore_index=True)
+        noisy = np.r_[np.zeros(len(tr), bool), np.ones(len(extra), bool)]
+    else:
+        bad = tr.copy()
+        bad.loc[noisy, "item_id"] = ds.items["item_id"].to_numpy()[repl]
     noisy_split = dataclasses.replace(split, train=split.train.with_tables(interactions=bad))
-    print(f"{len(tr):,} training events, {int(noisy.sum()):,} replaced ({noise} noise)", flush=True)
+    print(f"{len(tr):,} training events, {int(noisy.sum()):,} {'added' if added else 'replaced'} ({noise} noise)",
+          flush=True)
     params = {"tuning": "top_k", "tuning_config": {"k": 2}, "epochs": epochs, "patience": 1, "num_threads": 2,
               "verbose": True}
 
@@ -441,8 +452,9 @@ def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
         noisy_model.save(stored / "model")  # type: ignore[attr-defined]
         (stored / "eval.json").write_text(json.dumps(dirty))
     # values of the noisy training events
-    t0 = time.perf_counter()
-    conf = model_confidence(noisy_model, noisy_split.train).values  # type: ignore[arg-type]
+    t0 = time.perf_counter()  # (the oracle needs no scoring pass of the noisy LM)
+    conf = (None if drop_by in ("oracle", "knn-items-lists") else
+            model_confidence(noisy_model, noisy_split.train).values)  # type: ignore[arg-type]
     s_conf = time.perf_counter() - t0
 
     def pairs(frame: pd.DataFrame, ctx: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -456,30 +468,51 @@ def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
     xva, yva, hva = pairs(va, pd.concat([bad, va]))
     data = ValuationData(xtr[has], ytr[has], xva[hva], yva[hva])
     t0 = time.perf_counter()
-    knn = np.full(len(tr), np.nan)
+    knn = np.full(len(bad), np.nan)
     knn[has] = KNNShapley(k=10, target="embedding").fit(data).values
     s_knn = time.perf_counter() - t0
     t0 = time.perf_counter()
-    oob = np.full(len(tr), np.nan)
+    oob = np.full(len(bad), np.nan)
     oob[has] = DataOOB(n_estimators=100, target="embedding").fit(data).values
     s_oob = time.perf_counter() - t0
+    lists = np.full(len(bad), np.nan)
+    s_lists = 0.0
+    if drop_by == "knn-items-lists":
+        # hubness-free match: a neighbour's next item j matches validation item t when t is among
+        # j's own M nearest catalog items (every item has exactly M, so a "hub" close to much of the
+        # catalog earns no more than any other item): KNN-Shapley's target="lists"
+        from shoprank.valuation import nearest_item_lists
+
+        t0 = time.perf_counter()
+        top = nearest_item_lists(emb, LIST_M)
+        itr = ds.item_map.to_internal(bad["item_id"])[has]
+        iva = ds.item_map.to_internal(va["item_id"])[hva]
+        lists[has] = KNNShapley(k=10, target="lists").fit(ValuationData(xtr[has], top[itr], xva[hva], iva)).values
+        s_lists = time.perf_counter() - t0
     rows = []
     for name, v, secs in (("model confidence (noisy LM, one scoring pass)", conf, s_conf),
-                          ("knn-shapley (K=10, valid events)", knn, s_knn), ("data-oob (100 ridge bags)", oob, s_oob),
-                          ("random", rng.random(len(tr)), 0.0)):
+                          ("knn-shapley (K=10, valid events)", knn, s_knn),
+                          (f"knn-shapley (K=10, valid events, next item in the neighbour's {LIST_M}-item list)",
+                           None if drop_by != "knn-items-lists" else lists, s_lists),
+                          ("data-oob (100 ridge bags)", oob, s_oob),
+                          ("random", rng.random(len(bad)), 0.0)):
+        if v is None:
+            continue
         vv = np.where(np.isnan(v), np.nanmedian(v), v)
         met = detection_metrics(vv[has], noisy[has], seed=seed)
         rows.append({"method": name, "F1": round(met["f1"], 3), "AUROC": round(met["auroc"], 3),
                      "P@k": round(met["precision_at_k"], 3), "seconds": round(secs, 1)})
         print(rows[-1], flush=True)
     # retrain without what the model-confidence values flag (2-means, as in the detection protocol)
-    flags = np.zeros(len(tr), bool)
+    flags = np.zeros(len(bad), bool)
     group_note = ""
-    if drop_by == "knn-items":  # groups: all events of the products whose clicks are worth significantly less
+    if drop_by == "oracle":  # the ceiling: exactly the injected events, as if a perfect valuation found them
+        flags = noisy.copy()
+    elif drop_by in ("knn-items", "knn-items-lists"):  # all events of the products whose clicks are worth significantly less
         from shoprank.valuation.experiments import low_value_groups
 
         ev_items = bad["item_id"].astype(str).to_numpy()
-        g = low_value_groups(knn[has], ev_items[has])
+        g = low_value_groups((knn if drop_by == "knn-items" else lists)[has], ev_items[has])
         bad_items = g.loc[g["flagged"], "group"].tolist()
         flags = np.isin(ev_items, bad_items)
         group_note = (f" ({len(bad_items)} products flagged by a one-sided Welch t-test of their events' mean "
@@ -504,21 +537,28 @@ def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
                    f"cleaned minus noisy {paired(cleaned, dirty)}; clean minus cleaned {paired(clean, cleaned)}.\n\n")
     table = [
         {"training events": "clean" + (" (stored fit)" if not s_clean else ""), "n": len(tr), "NDCG@10": clean["ndcg"], "95% CI": f"[{clean['lo']:.4f}, {clean['hi']:.4f}]", "HR@10": clean["hr"], "fit s": round(s_clean)},
-        {"training events": f"{frac:.0%} {noise} clicks injected" + (" (stored fit)" if not s_dirty else ""), "n": len(tr), "NDCG@10": dirty["ndcg"], "95% CI": f"[{dirty['lo']:.4f}, {dirty['hi']:.4f}]", "HR@10": dirty["hr"], "fit s": round(s_dirty)},
+        {"training events": f"{frac:.0%} {noise} clicks injected" + (" (stored fit)" if not s_dirty else ""), "n": len(bad), "NDCG@10": dirty["ndcg"], "95% CI": f"[{dirty['lo']:.4f}, {dirty['hi']:.4f}]", "HR@10": dirty["hr"], "fit s": round(s_dirty)},
         {"training events": "noisy minus the flagged", "n": int((~flags).sum()), "NDCG@10": cleaned["ndcg"], "95% CI": f"[{cleaned['lo']:.4f}, {cleaned['hi']:.4f}]", "HR@10": cleaned["hr"], "fit s": round(s_cleaned)},
     ]
     flagged_noisy = int((flags & noisy).sum())
     what = {"random": "random catalog items", "spam": "one of 20 promoted items (click spam)",
             "targeted": "targeted click spam (20 promoted items, each clicked by the shoppers of one of 20 "
-                        "taste clusters: k-means of their history's mean MiniLM item vector)"}[noise]
-    by = {"confidence": "the 2-means low cluster of the model-confidence values",
+                        "taste clusters: k-means of their history's mean MiniLM item vector)"}[kind]
+    by = {"oracle": "exactly the injected events (the ceiling of any valuation: not a valuation method)",
+          "confidence": "the 2-means low cluster of the model-confidence values",
           "knn": "the 2-means low cluster of the KNN-Shapley values",
           "knn-items": "every event of the products whose events' KNN-Shapley values are significantly low"
-                       + group_note}[drop_by]
+                       + group_note,
+          "knn-items-lists": "every event of the products whose events' KNN-Shapley values are significantly low, "
+                             f"with a neighbour's next item matching when the validation item is among its {LIST_M} "
+                             "nearest catalog items (no cosine credit for 'hub' products)" + group_note}[drop_by]
     return (f"Closing the loop on amazon-industrial (`lm` top_k k=2, {epochs} epoch, trained on valid.csv's events; "
-            f"test = the predefined test rows, full ranking over {ds.n_items} items): {int(noisy.sum()):,} of "
-            f"{len(tr):,} training events ({frac:.0%}) replaced by {what} (seed {seed}); the noisy "
-            f"events valued, {by} dropped "
+            f"test = the predefined test rows, full ranking over {ds.n_items} items): "
+            + (f"{int(noisy.sum()):,} events of {what} added to the {len(tr):,} real training events (one spam click "
+               f"right after {frac:.0%} of the real events, by the same shopper) (seed {seed}); the noisy "
+               if added else
+               f"{int(noisy.sum()):,} of {len(tr):,} training events ({frac:.0%}) replaced by {what} (seed {seed}); the noisy ")
+            + f"events valued, {by} dropped "
             f"({int(flags.sum()):,} events, {flagged_noisy:,} of them injected), and the LM retrained.\n\n"
             + md_table(table, ["training events", "n", "NDCG@10", "95% CI", "HR@10", "fit s"])
             + (f"\n\nNDCG@10 lost to the noise: {lost:.4f}; recovered by value-aware retraining: "
@@ -735,8 +775,11 @@ def main() -> None:
     ap.add_argument("--only", default="correctness,speed,oob,detect,detect-lm,amazon,loop,active")
     ap.add_argument("--no-pydvl-50k", action="store_true", help="skip pyDVL at 50k x 1k (minutes)")
     ap.add_argument("--detect-datasets", default="", help="e.g. m3e,tallrec (default: all)")
-    ap.add_argument("--loop-noise", default="random", choices=["random", "spam", "targeted"])
-    ap.add_argument("--loop-drop-by", default="confidence", choices=["confidence", "knn", "knn-items"])
+    ap.add_argument("--loop-noise", default="random",
+                    choices=["random", "spam", "targeted", "random-add", "spam-add", "targeted-add"],
+                    help="the replaced events' items are noise; with -add the noise is added beside the real events")
+    ap.add_argument("--loop-drop-by", default="confidence", choices=["confidence", "knn", "knn-items", "knn-items-lists", "oracle"],
+                    help="oracle: drop exactly the injected events (the ceiling of any valuation)")
     ap.add_argument("--loop-seed", type=int, default=0, help="which events get the noise (the LM's own training seed stays fixed)")
     ap.add_argument("--active-features", default="all", choices=["all", "learned"])
     ap.add_argument("--active-eval", default="judged", choices=["judged", "catalog"],
