@@ -294,6 +294,10 @@ def search_records(ds: Dataset, split: DataSplit, emb: Embedder) -> Records:
 
 def next_item_records(ds: Dataset, split: DataSplit, emb: Embedder, *, list_size: int = 20,
                       history_len: int = 10) -> Records:
+    """History -> next-item records for KNN-Shapley's list match (see the module docstring).
+
+    Point methods only: there is no light model to retrain per coalition, so `model` is None
+    (the job refuses retraining methods and skips curves and the acquisition projection)."""
     from shoprank.valuation.knn import nearest_item_lists
 
     item_emb = emb.items()
