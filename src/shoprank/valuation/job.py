@@ -162,7 +162,7 @@ def run_valuation(
         sizes = {g: len(mm) for g, mm in zip(names, members, strict=True)}
         cost = {**_group_costs(rec, labels), **(costs or {})}
         table = group_table(group_res, sizes, cost)
-        if acquisition and len(names) <= 50 and rec.model is not None:  # next-item records have no model to retrain
+        if acquisition and len(names) <= 50 and rec.model is not None:  # no model to retrain: no projection
             plan = AcquisitionPlanner(rec.model, rec.scorer, costs=cost, n_more=n_more, seeds=(seed,))
             table = plan.fit(rec.data.with_groups(labels), group_res).table_
         if low is not None:
@@ -172,7 +172,7 @@ def run_valuation(
                 notes.append(f"{n_low} {group_by} group(s) worth significantly less per record than the rest "
                              "(one-sided t-test, Bonferroni p < 0.01): column significantly_low")
         job.groups = table
-    if curves and m.level == "points" and rec.task not in ("interactions", "next-item"):
+    if curves and m.level == "points" and rec.task != "interactions" and rec.model is not None:
         if len(rec.frame) <= MAX_CURVE_ROWS:
             job.curves = value_curves({method: result.values}, rec.data, rec.model, rec.scorer,
                                       random_seeds=(seed, seed + 1, seed + 2))

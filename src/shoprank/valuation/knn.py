@@ -61,13 +61,29 @@ def _distances(xtr: np.ndarray, sq: np.ndarray, xte: np.ndarray, metric: str) ->
     return sq[None, :] - 2.0 * (xte @ xtr.T)
 
 
+def _match_matrix(ytr: np.ndarray, yte: np.ndarray, target: str, scale: float) -> np.ndarray:
+    """m(j, t) as (n_test, N) in training order, from prepared targets (unit rows for
+    "embedding", int ids for "lists"); never a (c, N, d) or (c, N, M) array."""
+    if target == "embedding":  # cosine of target vectors (next items)
+        return (yte @ ytr.T).astype(np.float64)
+    if target == "lists":  # membership, one list column at a time
+        return _in_lists(ytr, yte).astype(np.float64)
+    return _match_labels(ytr[None, :], yte, target, scale)
+
+
+def _match_labels(ytr: np.ndarray, yte: np.ndarray, target: str, scale: float) -> np.ndarray:
+    """Labels and grades: `ytr` (1 or n_test, N) against each test row's label."""
+    if target == "classification":
+        return (ytr == yte[:, None]).astype(np.float64)
+    return 1.0 - np.abs(ytr.astype(np.float64) - yte[:, None].astype(np.float64)) / scale
+
+
 def _match_sorted(ytr: np.ndarray, order: np.ndarray, yte: np.ndarray, target: str, scale: float) -> np.ndarray:
-    """m(j, t) for the training points in each test row's distance order."""
-    if target == "embedding":  # cosine of target vectors (next items): gather, never (c, N, d)
-        return np.take_along_axis((yte @ ytr.T).astype(np.float64), order, axis=1)
-    if target == "lists":  # membership in training order first: (c, N) booleans, never (c, N, M) ids
-        return np.take_along_axis(_in_lists(ytr, yte).astype(np.float64), order, axis=1)
-    return _match(ytr[order], yte, target, scale)
+    """m(j, t) for the training points in each test row's distance order (labels are gathered
+    first, which is cheaper than gathering a float matrix)."""
+    if target in ("embedding", "lists"):
+        return np.take_along_axis(_match_matrix(ytr, yte, target, scale), order, axis=1)
+    return _match_labels(ytr[order], yte, target, scale)
 
 
 def _in_lists(lists: np.ndarray, yte: np.ndarray) -> np.ndarray:
@@ -104,12 +120,6 @@ def nearest_item_lists(item_vectors: np.ndarray, m: int, *, chunk: int = 2048) -
 def _unit_rows(y: np.ndarray) -> np.ndarray:
     y = np.asarray(y, dtype=np.float32)
     return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
-
-
-def _match(ytr_sorted: np.ndarray, yte: np.ndarray, target: str, scale: float) -> np.ndarray:
-    if target == "classification":
-        return (ytr_sorted == yte[:, None]).astype(np.float64)
-    return 1.0 - np.abs(ytr_sorted.astype(np.float64) - yte[:, None].astype(np.float64)) / scale
 
 
 def _chunk_values(shared: tuple[np.ndarray, np.ndarray, np.ndarray, int, str, str, float, int],
@@ -212,11 +222,10 @@ def knn_utility(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_
     d = _distances(xtr, sq, np.asarray(x_test), metric)
     rank = np.argsort(np.argsort(d, axis=1), axis=1)  # rank of each train point per test point
     if target == "embedding":
-        m = (_unit_rows(yte) @ _unit_rows(ytr).T).astype(np.float64)
+        ytr, yte = _unit_rows(ytr), _unit_rows(yte)
     elif target == "lists":
-        m = _in_lists(ytr.astype(np.int64), yte.astype(np.int64)).astype(np.float64)
-    else:
-        m = _match(ytr[None, :].repeat(len(yte), 0), yte, target, scale)
+        ytr, yte = ytr.astype(np.int64), yte.astype(np.int64)
+    m = _match_matrix(ytr, yte, target, scale)
 
     def u(s: np.ndarray) -> float:
         if not len(s):
