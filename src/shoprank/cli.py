@@ -360,6 +360,9 @@ def value(
     cost: Annotated[list[str] | None, typer.Option("--cost", help="cost per record of a group: group=0.002")] = None,
     max_rows: Annotated[int | None, typer.Option(help="value a random sample of at most this many records")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="embedding cache (default OUT/cache)")] = None,
+    group_test: Annotated[str, typer.Option(help="multiple-testing correction of the significantly_low flag: "
+                                            "bonferroni | holm | bh (Benjamini-Hochberg: more flags, "
+                                            "controls the share of false ones)")] = "bonferroni",
     seed: int = 0,
 ) -> None:
     """Value every training record (or group) of a dataset; writes values.csv and report.html."""
@@ -371,7 +374,8 @@ def value(
     costs = {str(k): float(v) for k, v in _parse_kv(cost, "--cost").items()}
     ds = Dataset.load(data)
     job = run_valuation(ds, method, task=task, group_by=group_by, model_dir=model, params=_parse_kv(param, "--param"),
-                        cache_dir=cache_dir or out / "cache", costs=costs or None, max_rows=max_rows, seed=seed)
+                        cache_dir=cache_dir or out / "cache", costs=costs or None, max_rows=max_rows, seed=seed,
+                        group_test=group_test)
     files = job.save(out)
     if job.groups is not None:
         t = Table(title=f"{method} by {group_by} (best value per cost first)")

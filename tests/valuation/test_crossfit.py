@@ -69,3 +69,43 @@ def test_low_value_groups_finds_the_spammed_items() -> None:
     assert g.loc[g["group"] == "spam-a", "n"].item() == 150
     with pytest.raises(ShoprankError, match="differ in length"):
         low_value_groups(values, items[:-1])
+
+
+def test_adjust_p_matches_hand_computed_values() -> None:
+    """Bonferroni, Holm and Benjamini-Hochberg on four p-values worked out by hand."""
+    from shoprank.valuation.experiments import adjust_p
+
+    p = np.array([0.04, 0.01, 0.03, 0.5])
+    np.testing.assert_allclose(adjust_p(p, "bonferroni"), [0.16, 0.04, 0.12, 1.0])
+    # Holm, sorted 0.01, 0.03, 0.04, 0.5 times 4, 3, 2, 1 = 0.04, 0.09, 0.08 -> 0.09 (running max), 0.5
+    np.testing.assert_allclose(adjust_p(p, "holm"), [0.09, 0.04, 0.09, 0.5])
+    # BH, sorted times 4/i = 0.04, 0.06, 0.0533, 0.5 -> running min from the top: 0.04, 0.0533, 0.0533, 0.5
+    np.testing.assert_allclose(adjust_p(p, "bh"), [0.16 / 3, 0.04, 0.16 / 3, 0.5])
+    assert len(adjust_p(np.array([]), "bh")) == 0
+    with pytest.raises(ShoprankError, match="unknown multiple-testing correction 'fdr'"):
+        adjust_p(p, "fdr")
+
+
+def test_low_value_groups_bh_finds_a_spread_out_farm_bonferroni_misses() -> None:
+    """A click farm over 30 products, each only mildly below the rest: Benjamini-Hochberg flags
+    more of them than Bonferroni, every Bonferroni flag among them, and few real products."""
+    from shoprank.valuation.experiments import low_value_groups
+
+    rng = np.random.default_rng(1)
+    items = rng.integers(0, 300, 9000).astype(str)
+    values = rng.normal(1.0, 2.0, 9000)
+    farm = np.repeat([f"spam-{i}" for i in range(30)], 40)
+    items = np.concatenate([items, farm])
+    values = np.concatenate([values, rng.normal(-0.5, 2.0, len(farm))])
+    bonf = low_value_groups(values, items)
+    bh = low_value_groups(values, items, correction="bh")
+    f_bonf = set(bonf.loc[bonf["flagged"], "group"])
+    f_bh = set(bh.loc[bh["flagged"], "group"])
+    spam = {f"spam-{i}" for i in range(30)}
+    assert f_bonf <= f_bh
+    assert len(f_bh & spam) > len(f_bonf & spam) + 5
+    assert len(f_bh - spam) <= 3
+    both = bh.merge(bonf, on="group", suffixes=("_bh", "_bonf"))
+    assert (both["q_bh"] >= both["p_bh"]).all() and (both["q_bh"] <= both["q_bonf"]).all()
+    with pytest.raises(ShoprankError, match="unknown multiple-testing correction"):
+        low_value_groups(values, items, correction="none")

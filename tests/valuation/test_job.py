@@ -54,6 +54,14 @@ def test_point_methods_on_search_and_click(shop: tuple, fake_embeddings: None, t
     assert oob.records.task == "click" and len(oob.result) == len(oob.records.frame)
     cf = run_valuation(ds, "cross-fit", task="click", group_by="source", curves=False, acquisition=False)
     assert cf.groups is not None and any("minus the mean record value" in n for n in cf.notes)
+    cf_bh = run_valuation(ds, "cross-fit", task="click", group_by="source", curves=False, acquisition=False,
+                          group_test="bh")
+    assert cf_bh.groups is not None and cf.groups is not None
+    both = cf.groups.merge(cf_bh.groups, on="group", suffixes=("", "_bh"))
+    assert (both["low_q_bh"] <= both["low_q"]).all()  # BH never flags fewer than Bonferroni
+    assert (both["significantly_low"] <= both["significantly_low_bh"]).all()
+    with pytest.raises(ShoprankError, match="unknown --group-test 'fdr'"):
+        run_valuation(ds, "cross-fit", task="click", group_test="fdr")
     # scores, not contributions: centred before summing, so the group totals add up to zero
     assert abs(cf.groups["value"].sum()) < 1e-6 * max(1.0, float(np.abs(cf.result.values).sum()))
     rec = build_records(ds, "interactions")

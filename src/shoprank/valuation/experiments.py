@@ -72,16 +72,48 @@ def kmeans_flags(values: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.asarray(km.labels_ == low)
 
 
-def low_value_groups(values: np.ndarray, groups: np.ndarray, *, alpha: float = 0.01, min_size: int = 5
-                     ) -> pd.DataFrame:
+CORRECTIONS = {"bonferroni": "Bonferroni", "holm": "Holm", "bh": "Benjamini-Hochberg"}  # name -> label
+
+
+def adjust_p(p: np.ndarray, method: str = "bonferroni") -> np.ndarray:
+    """Multiple-testing adjusted p-values (flag where adjusted p < alpha).
+
+    Why a choice: Bonferroni and Holm bound the chance of flagging *any* good group (right
+    when a flag deletes data nobody will look at again); Benjamini-Hochberg bounds the
+    expected *share* of good groups among the flagged ones, and finds more of a click farm's
+    products when it spreads over many."""
+    p = np.asarray(p, dtype=np.float64)
+    m = len(p)
+    if method not in CORRECTIONS:
+        raise ShoprankError(f"unknown multiple-testing correction {method!r}; choose one of {', '.join(CORRECTIONS)}")
+    if m == 0:
+        return p.copy()
+    if method == "bonferroni":
+        return np.minimum(p * m, 1.0)
+    order = np.argsort(p, kind="stable")
+    ps = p[order]
+    if method == "holm":  # step-down: running max of (m - i) p_(i)
+        adj = np.maximum.accumulate(np.minimum(ps * (m - np.arange(m)), 1.0))
+    else:  # BH step-up: running min from the largest of m p_(i) / i
+        adj = np.minimum.accumulate((ps * m / np.arange(1, m + 1))[::-1])[::-1]
+        adj = np.minimum(adj, 1.0)
+    out = np.empty(m)
+    out[order] = adj
+    return out
+
+
+def low_value_groups(values: np.ndarray, groups: np.ndarray, *, alpha: float = 0.01, min_size: int = 5,
+                     correction: str = "bonferroni") -> pd.DataFrame:
     """Groups whose records are worth significantly less than the average record.
 
     Why: a click farm spreads its events over a few products, each event looking only
     slightly worse than an unremarkable real one, so no single event stands out; as a group
     their mean value is far below the data's mean with hundreds of events behind it. One-sided
-    Welch t-test of each group's mean against the mean of all other records; flagged when
-    p < alpha / number of groups tested (Bonferroni) and the group has >= min_size records.
-    Returns one row per group: n, mean, t, p, flagged (most significant first)."""
+    Welch t-test of each group's mean against the mean of all other records; flagged when the
+    p-value adjusted over the groups tested (`correction`: bonferroni, holm or bh, see
+    `adjust_p`) is below alpha and the group has >= min_size records.
+    Returns one row per group: n, mean, t, p, q (adjusted p; NaN where not tested), flagged
+    (most significant first)."""
     from scipy import stats
 
     v = np.asarray(values, dtype=np.float64)
@@ -102,8 +134,11 @@ def low_value_groups(values: np.ndarray, groups: np.ndarray, *, alpha: float = 0
     dof = np.maximum(n - 1, 1)
     p = stats.t.cdf(t, dof)
     tested = n >= min_size
-    flagged = tested & (p < alpha / max(int(tested.sum()), 1))
-    out = pd.DataFrame({"group": keys, "n": n.astype(np.int64), "mean": mean, "t": t, "p": p, "flagged": flagged})
+    q = np.full(len(keys), np.nan)
+    q[tested] = adjust_p(p[tested], correction)
+    flagged = tested & (np.nan_to_num(q, nan=1.0) < alpha)
+    out = pd.DataFrame({"group": keys, "n": n.astype(np.int64), "mean": mean, "t": t, "p": p, "q": q,
+                        "flagged": flagged})
     return out.sort_values(["p", "t"]).reset_index(drop=True)
 
 

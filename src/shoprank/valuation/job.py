@@ -21,7 +21,7 @@ from shoprank.data.splits import DataSplit
 from shoprank.errors import ShoprankError
 from shoprank.valuation.acquisition import AcquisitionPlanner, aggregate, group_table
 from shoprank.valuation.base import get_method
-from shoprank.valuation.experiments import low_value_groups, value_curves
+from shoprank.valuation.experiments import CORRECTIONS, low_value_groups, value_curves
 from shoprank.valuation.features import (
     NEXT_ITEM_METHODS,
     Records,
@@ -107,10 +107,14 @@ def run_valuation(
     params: dict[str, Any] | None = None, split: DataSplit | None = None, cache_dir: Path | None = None,
     costs: dict[Any, float] | None = None, max_rows: int | None = None, curves: bool = True,
     acquisition: bool = True, n_more: int = 1000, seed: int = 0, records: Records | None = None,
+    group_test: str = "bonferroni",
 ) -> ValuationJob:
     """Value the records of `ds` with a registered method; with `group_by`, value groups
-    (retraining methods value the groups directly; point methods are summed per group)."""
+    (retraining methods value the groups directly; point methods are summed per group, and each
+    group's records are t-tested against the rest, corrected over groups by `group_test`)."""
     t0 = time.perf_counter()
+    if group_test not in CORRECTIONS:
+        raise ShoprankError(f"unknown --group-test {group_test!r}; choose one of {', '.join(CORRECTIONS)}")
     params = dict(params or {})
     m = get_method(method, **params)
     rec = records if records is not None else build_records(ds, task, split=split, model_dir=model_dir,
@@ -138,9 +142,9 @@ def run_valuation(
             if not m.additive:
                 notes.append(f"{method} values are scores, not contributions: a group's value is the sum of its "
                              "records' values minus the mean record value")
-            low = low_value_groups(point.values, labels).rename(  # records worth less than the rest?
-                columns={"t": "low_t", "p": "low_p", "flagged": "significantly_low"})[
-                ["group", "low_t", "low_p", "significantly_low"]]
+            low = low_value_groups(point.values, labels, correction=group_test).rename(  # worth less than the rest?
+                columns={"t": "low_t", "p": "low_p", "q": "low_q", "flagged": "significantly_low"})[
+                ["group", "low_t", "low_p", "low_q", "significantly_low"]]
     else:
         data = rec.data.with_groups(labels)
         u = ModelUtility(rec.model, data, rec.scorer)
@@ -170,7 +174,8 @@ def run_valuation(
             n_low = int(table["significantly_low"].sum())
             if n_low:
                 notes.append(f"{n_low} {group_by} group(s) worth significantly less per record than the rest "
-                             "(one-sided t-test, Bonferroni p < 0.01): column significantly_low")
+                             f"(one-sided t-test, {CORRECTIONS[group_test]}-adjusted p < 0.01): "
+                             "column significantly_low")
         job.groups = table
     if curves and m.level == "points" and rec.task != "interactions" and rec.model is not None:
         if len(rec.frame) <= MAX_CURVE_ROWS:
