@@ -153,3 +153,19 @@ def test_next_item_records_flag_the_promoted_product(monkeypatch: pytest.MonkeyP
     assert g is not None and g.loc[g["significantly_low"], "group"].tolist() == ["i50"]
     with pytest.raises(ShoprankError, match="cannot value next-item records"):
         run_valuation(ds, "data-oob", task="next-item")
+
+
+def test_next_item_histories_include_context_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A predefined `history` row (context only, never a training row) before a shopper's first
+    training event gives that event a history, as it would at prediction time."""
+    ds, vec = _spam_shop()
+    monkeypatch.setattr(Embedder, "items", lambda self: vec)
+    inter = ds.interactions
+    first = inter[inter["split"] == "train"].sort_values("timestamp").groupby("user_id", observed=True).head(1)
+    early = first.head(10).assign(split="history", item_id="i51",
+                                  timestamp=first.head(10)["timestamp"] - pd.Timedelta(seconds=1))
+    ds2 = Dataset.from_frames("spam", ds.items, pd.concat([inter, early], ignore_index=True))
+    rec = run_valuation(ds2, "knn-shapley", task="next-item", params={"k": 5}).records
+    n_train = int((inter["split"] == "train").sum())
+    assert len(rec.frame) == n_train - (len(first) - 10)  # ten first events now have a history
+    assert "history" not in set(rec.frame["split"].astype(str))  # context rows are never records

@@ -309,16 +309,18 @@ def next_item_records(ds: Dataset, split: DataSplit, emb: Embedder, *, list_size
     if not len(tr) or not len(va):
         raise ShoprankError(f"dataset {ds.name!r}: next-item valuation needs positive events in train and valid")
 
-    def pairs(frame: pd.DataFrame, ctx: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        h = histories_for(split.train.with_tables(interactions=ctx), frame, max_len=history_len, positives_only=True)
+    def pairs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        # every earlier event is history, as at prediction time: also predefined `history` rows
+        # (context only) and, for validation events, the earlier training and validation events
+        h = histories_for(split.context, frame, max_len=history_len, positives_only=True)
         has = np.array([len(x) > 0 for x in h.items], dtype=bool)
         x = np.zeros((len(frame), item_emb.shape[1]), np.float32)
         for i in np.flatnonzero(has):
             x[i] = item_emb[h.items[i]].mean(0)
         return x, has
 
-    xtr, has = pairs(tr, tr)
-    xva, hva = pairs(va, pd.concat([tr, va]))
+    xtr, has = pairs(tr)
+    xva, hva = pairs(va)
     if not has.any() or not hva.any():
         raise ShoprankError("next-item valuation: no event has an earlier event of the same shopper "
                             "(in training or in validation)")
