@@ -49,7 +49,7 @@ from shoprank.valuation.experiments import method_factory, noise_detection_exper
 
 CACHE = Path(__file__).resolve().parent / "out" / "cache"
 DETECT_ONLY: list[str] = []  # --detect-datasets: substrings of the dataset names to run
-LOOP: dict[str, object] = {"noise": "random", "drop_by": "confidence", "seed": 0}  # --loop-noise, --loop-drop-by, --loop-seed
+LOOP: dict[str, object] = {"noise": "random", "drop_by": "confidence", "seed": 0, "train_seed": 0}  # --loop-*
 ACTIVE: dict[str, object] = {"features": "all", "eval": "judged", "seeds": 3, "seed_start": 0,  # --active-features, ...
                               "strategies": ("random", "uncertainty", "uncertainty-value", "diverse-uncertainty")}
 OUT = Path(__file__).resolve().parent / "out"
@@ -356,6 +356,11 @@ def amazon_noise(frac: float = 0.2, seeds: tuple[int, ...] = (0, 1, 2)) -> str:
             + md_table(table, ["noise", "method", "F1", "AUROC", "P@k"]))
 
 
+def _train_tag(train_seed: int) -> str:
+    """File-name part of a Loop run's LM training seed (empty for seed 0, the runs recorded first)."""
+    return "" if train_seed == 0 else f"-train{train_seed}"
+
+
 def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
     """Closing the loop on amazon-industrial: inject 20% noisy clicks into the LM's training
     events, value every event, drop the ones the values flag, retrain, and compare test NDCG@10
@@ -366,12 +371,16 @@ def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
     clicked by the shoppers of one taste cluster); `LOOP["drop_by"]`: which values flag the
     events to drop ("confidence": the noisy LM's own; "knn": KNN-Shapley against the
     validation events, 2-means; "knn-items": every event of the products whose events'
-    KNN-Shapley values are significantly low as a group). The clean fit is deterministic and is reused from benchmarks/out when an
+    KNN-Shapley values are significantly low as a group; "knn-items-lists": the same with the
+    hubness-free list match, "-bh" with Benjamini-Hochberg instead of Bonferroni; "oracle":
+    exactly the injected events). `LOOP["train_seed"]` is the LM's own training seed. The clean fit is deterministic and is reused from benchmarks/out when an
     earlier run stored it (the table says so)."""
     import json
 
     noise, drop_by = str(LOOP["noise"]), str(LOOP["drop_by"])
     seed = int(LOOP["seed"]) if seed is None else seed  # type: ignore[call-overload]
+    train_seed = int(LOOP["train_seed"])  # type: ignore[call-overload]
+    tag = _train_tag(train_seed)
     from shoprank.data.loaders import import_dataset
     from shoprank.data.splits import histories_for, split_dataset
     from shoprank.evaluation import paired_bootstrap_diff
@@ -413,7 +422,7 @@ def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
     print(f"{len(tr):,} training events, {int(noisy.sum()):,} {'added' if added else 'replaced'} ({noise} noise)",
           flush=True)
     params = {"tuning": "top_k", "tuning_config": {"k": 2}, "epochs": epochs, "patience": 1, "num_threads": 2,
-              "verbose": True}
+              "verbose": True, "seed": train_seed}
 
     ts = rec_testset(split, "test")
 
@@ -430,7 +439,7 @@ def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
         print(name, {k: v for k, v in out.items() if k != "per_user"}, f"{secs:.0f}s", flush=True)
         return m, out, secs
 
-    cached = OUT / f"loop-clean-seed0-epochs{epochs}.json"  # the noise seed does not touch the clean fit
+    cached = OUT / f"loop-clean-seed0{tag}-epochs{epochs}.json"  # the noise seed does not touch the clean fit
     if cached.exists() and "per_user" in json.loads(cached.read_text()):  # older files lack per-user values
         clean, s_clean = json.loads(cached.read_text()), 0.0
         print("clean (stored)", {k: v for k, v in clean.items() if k != "per_user"}, flush=True)
@@ -438,7 +447,7 @@ def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
         _, clean, s_clean = fit_eval(split, "clean")
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_text(json.dumps(clean))
-    stored = OUT / f"loop-noisy-{noise}-seed{seed}-epochs{epochs}"  # the noisy fit, to rerun the rest cheaply
+    stored = OUT / f"loop-noisy-{noise}-seed{seed}{tag}-epochs{epochs}"  # the noisy fit, to rerun the rest cheaply
     if (stored / "eval.json").exists():
         from shoprank.models.base import load_model
 
@@ -453,7 +462,8 @@ def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
         (stored / "eval.json").write_text(json.dumps(dirty))
     # values of the noisy training events
     t0 = time.perf_counter()  # (the oracle needs no scoring pass of the noisy LM)
-    conf = (None if drop_by in ("oracle", "knn-items-lists") else
+    lists_rule = drop_by.startswith("knn-items-lists")  # the list match, with Bonferroni or (-bh) BH flags
+    conf = (None if drop_by == "oracle" or lists_rule else
             model_confidence(noisy_model, noisy_split.train).values)  # type: ignore[arg-type]
     s_conf = time.perf_counter() - t0
 
@@ -477,7 +487,7 @@ def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
     s_oob = time.perf_counter() - t0
     lists = np.full(len(bad), np.nan)
     s_lists = 0.0
-    if drop_by == "knn-items-lists":
+    if lists_rule:
         # hubness-free match: a neighbour's next item j matches validation item t when t is among
         # j's own M nearest catalog items (every item has exactly M, so a "hub" close to much of the
         # catalog earns no more than any other item): KNN-Shapley's target="lists"
@@ -493,7 +503,7 @@ def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
     for name, v, secs in (("model confidence (noisy LM, one scoring pass)", conf, s_conf),
                           ("knn-shapley (K=10, valid events)", knn, s_knn),
                           (f"knn-shapley (K=10, valid events, next item in the neighbour's {LIST_M}-item list)",
-                           None if drop_by != "knn-items-lists" else lists, s_lists),
+                           lists if lists_rule else None, s_lists),
                           ("data-oob (100 ridge bags)", oob, s_oob),
                           ("random", rng.random(len(bad)), 0.0)):
         if v is None:
@@ -508,22 +518,24 @@ def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
     group_note = ""
     if drop_by == "oracle":  # the ceiling: exactly the injected events, as if a perfect valuation found them
         flags = noisy.copy()
-    elif drop_by in ("knn-items", "knn-items-lists"):  # all events of the products whose clicks are worth significantly less
-        from shoprank.valuation.experiments import low_value_groups
+    elif drop_by == "knn-items" or lists_rule:  # all events of the products whose clicks are worth significantly less
+        from shoprank.valuation.experiments import CORRECTIONS, low_value_groups
 
         ev_items = bad["item_id"].astype(str).to_numpy()
-        g = low_value_groups((knn if drop_by == "knn-items" else lists)[has], ev_items[has])
+        correction = "bh" if drop_by.endswith("-bh") else "bonferroni"
+        g = low_value_groups((knn if drop_by == "knn-items" else lists)[has], ev_items[has], correction=correction)
         bad_items = g.loc[g["flagged"], "group"].tolist()
         flags = np.isin(ev_items, bad_items)
         group_note = (f" ({len(bad_items)} products flagged by a one-sided Welch t-test of their events' mean "
-                      f"KNN-Shapley value against all other events, Bonferroni p < 0.01, >= 5 events; "
+                      f"KNN-Shapley value against all other events, {CORRECTIONS[correction]}-adjusted p < 0.01, "
+                      ">= 5 events; "
                       f"{len(set(bad_items) & set(ds.items['item_id'].astype(str).to_numpy()[promoted]))} of them "
                       "promoted)" if noise != "random" else "")
     else:
         flags[has] = kmeans_flags((conf if drop_by == "confidence" else knn)[has], seed=seed)
     kept = noisy_split.train.with_tables(interactions=bad[~flags].reset_index(drop=True))
     _, cleaned, s_cleaned = fit_eval(dataclasses.replace(split, train=kept), "cleaned")
-    (OUT / f"loop-cleaned-{noise}-{drop_by}-seed{seed}-epochs{epochs}.json").write_text(json.dumps(
+    (OUT / f"loop-cleaned-{noise}-{drop_by}-seed{seed}{tag}-epochs{epochs}.json").write_text(json.dumps(
         {**cleaned, "n_dropped": int(flags.sum()), "n_dropped_injected": int((flags & noisy).sum())}))  # for loop-pool
     lost = clean["ndcg"] - dirty["ndcg"]
     rec = (cleaned["ndcg"] - dirty["ndcg"]) / lost if lost > 0 else float("nan")
@@ -544,15 +556,17 @@ def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
     what = {"random": "random catalog items", "spam": "one of 20 promoted items (click spam)",
             "targeted": "targeted click spam (20 promoted items, each clicked by the shoppers of one of 20 "
                         "taste clusters: k-means of their history's mean MiniLM item vector)"}[kind]
-    by = {"oracle": "exactly the injected events (the ceiling of any valuation: not a valuation method)",
+    rules = {"oracle": "exactly the injected events (the ceiling of any valuation: not a valuation method)",
           "confidence": "the 2-means low cluster of the model-confidence values",
           "knn": "the 2-means low cluster of the KNN-Shapley values",
           "knn-items": "every event of the products whose events' KNN-Shapley values are significantly low"
                        + group_note,
           "knn-items-lists": "every event of the products whose events' KNN-Shapley values are significantly low, "
                              f"with a neighbour's next item matching when the validation item is among its {LIST_M} "
-                             "nearest catalog items (no cosine credit for 'hub' products)" + group_note}[drop_by]
-    return (f"Closing the loop on amazon-industrial (`lm` top_k k=2, {epochs} epoch, trained on valid.csv's events; "
+                             "nearest catalog items (no cosine credit for 'hub' products)" + group_note}
+    rules["knn-items-lists-bh"] = rules["knn-items-lists"]  # the correction is named in group_note
+    by = rules[drop_by]
+    return (f"Closing the loop on amazon-industrial (`lm` top_k k=2, {epochs} epoch, LM training seed {train_seed}, trained on valid.csv's events; "
             f"test = the predefined test rows, full ranking over {ds.n_items} items): "
             + (f"{int(noisy.sum()):,} events of {what} added to the {len(tr):,} real training events (one spam click "
                f"right after {frac:.0%} of the real events, by the same shopper) (seed {seed}); the noisy "
@@ -576,26 +590,70 @@ def loop_pool(epochs: int = 1) -> str:
     """The Loop over every noise seed run so far (`--only loop` with `--loop-seed S` stores each
     seed's noisy and cleaned test rows): one seed's loss is within the noise of the test set, so
     the pooled answer is the mean loss and mean recovery over seeds on the same test rows, with a
-    row bootstrap of the recovered fraction."""
+    row bootstrap of the recovered fraction. Where a condition was fitted with several LM training
+    seeds (`--loop-train-seed`), its per-row scores are averaged over them first (the fit's own
+    spread is listed), so one lucky or unlucky fit weighs less. `LOOP["seeds"]` /
+    `LOOP["train_seeds"]` restrict the pool (empty: every stored run)."""
     import json
+    import re
 
     from shoprank.evaluation import bootstrap_stats, paired_bootstrap_diff
 
     noise, drop_by = str(LOOP["noise"]), str(LOOP["drop_by"])
-    clean = np.array(json.loads((OUT / f"loop-clean-seed0-epochs{epochs}.json").read_text())["per_user"], dtype=float)
-    seeds, noisy, cleaned, rows = [], [], [], []
-    for f in sorted(OUT.glob(f"loop-cleaned-{noise}-{drop_by}-seed*-epochs{epochs}.json")):
-        seed = int(f.name.split("-seed")[1].split("-")[0])
-        n_eval = OUT / f"loop-noisy-{noise}-seed{seed}-epochs{epochs}" / "eval.json"
-        if not n_eval.exists():
+    want_s = set(LOOP.get("seeds") or ())  # type: ignore[call-overload]
+    want_t = set(LOOP.get("train_seeds") or ())  # type: ignore[call-overload]
+
+    def runs(pattern: str) -> dict[tuple[int, int], dict[str, object]]:
+        """(noise seed, training seed) -> stored eval, for files matching `pattern` (seed, train groups)."""
+        out: dict[tuple[int, int], dict[str, object]] = {}
+        for f in OUT.glob("loop-*"):
+            m = re.fullmatch(pattern, f.name)
+            if m is None:
+                continue
+            path = f / "eval.json" if f.is_dir() else f
+            if not path.exists():
+                continue
+            s, t = int(m.group(1)), int(m.group(2) or 0)
+            if (want_s and s not in want_s) or (want_t and t not in want_t):
+                continue
+            out[(s, t)] = json.loads(path.read_text())
+        return out
+
+    tail = rf"(?:-train(\d+))?-epochs{epochs}"
+    cleans = runs(rf"loop-clean-seed(0){tail}\.json")
+    noisies = runs(rf"loop-noisy-{re.escape(noise)}-seed(\d+){tail}")
+    cleaneds = runs(rf"loop-cleaned-{re.escape(noise)}-{re.escape(drop_by)}-seed(\d+){tail}\.json")
+    if not cleans:
+        return "Loop pooled: no stored clean fit (run `--only loop` first)."
+
+    def rows_of(d: dict[str, object]) -> np.ndarray:
+        return np.array(d["per_user"], dtype=float)
+
+    clean_t = sorted(t for (_, t) in cleans)
+    clean = np.mean([rows_of(cleans[(0, t)]) for t in clean_t], 0)
+    seeds, noisy, cleaned, rows, spread = [], [], [], [], []
+    spread.append({"condition": "clean", "training seeds": ", ".join(map(str, clean_t)),
+                   "NDCG@10 per fit": ", ".join(f"{cleans[(0, t)]['ndcg']:.4f}" for t in clean_t),
+                   "SD": float(np.std([cleans[(0, t)]["ndcg"] for t in clean_t], ddof=1)) if len(clean_t) > 1 else None})
+    for seed in sorted({s for (s, _) in cleaneds}):
+        ts = sorted(t for (s, t) in cleaneds if s == seed and (s, t) in noisies)
+        if not ts:
             continue
-        k, n = json.loads(f.read_text()), json.loads(n_eval.read_text())
+        n_runs = [noisies[(seed, t)] for t in ts]
+        k_runs = [cleaneds[(seed, t)] for t in ts]
         seeds.append(seed)
-        noisy.append(np.array(n["per_user"], dtype=float))
-        cleaned.append(np.array(k["per_user"], dtype=float))
-        rows.append({"noise seed": seed, "noisy NDCG@10": n["ndcg"], "cleaned NDCG@10": k["ndcg"],
-                     "lost": float(np.nanmean(clean) - n["ndcg"]), "recovered": k["ndcg"] - n["ndcg"],
-                     "events dropped (injected)": f"{k.get('n_dropped', '?')} ({k.get('n_dropped_injected', '?')})"})
+        noisy.append(np.mean([rows_of(r) for r in n_runs], 0))
+        cleaned.append(np.mean([rows_of(r) for r in k_runs], 0))
+        n_nd, k_nd = float(np.mean([r["ndcg"] for r in n_runs])), float(np.mean([r["ndcg"] for r in k_runs]))
+        k0 = k_runs[0]
+        rows.append({"noise seed": seed, "training seeds": ", ".join(map(str, ts)), "noisy NDCG@10": n_nd,
+                     "cleaned NDCG@10": k_nd, "lost": float(np.nanmean(clean) - n_nd), "recovered": k_nd - n_nd,
+                     "events dropped (injected)": f"{k0.get('n_dropped', '?')} ({k0.get('n_dropped_injected', '?')})"})
+        if len(ts) > 1:
+            for name, rr in (("noisy", n_runs), ("cleaned", k_runs)):
+                spread.append({"condition": f"{name}, noise seed {seed}", "training seeds": ", ".join(map(str, ts)),
+                               "NDCG@10 per fit": ", ".join(f"{r['ndcg']:.4f}" for r in rr),
+                               "SD": float(np.std([r["ndcg"] for r in rr], ddof=1))})
     if not seeds:
         return "Loop pooled: no stored seeds (run `--only loop --loop-seed S` first)."
     ok = np.isfinite(clean) & np.all(np.isfinite(noisy), 0) & np.all(np.isfinite(cleaned), 0)
@@ -606,12 +664,16 @@ def loop_pool(epochs: int = 1) -> str:
     ratio = b_rec / np.where(b_lost > 0, b_lost, np.nan)
     lo, hi = np.nanpercentile(ratio, [2.5, 97.5])
     p_half = float(np.mean(b_rec - 0.5 * b_lost <= 0))
+    fits = ("" if len(spread) == 1 and len(clean_t) == 1 else
+            "\n\nThe fit's own spread (each condition refitted with other LM training seeds; same data, same "
+            "test rows):\n\n" + md_table(spread, ["condition", "training seeds", "NDCG@10 per fit", "SD"]))
     return (f"The Loop pooled over noise seeds {', '.join(map(str, seeds))} ({noise} noise, dropped by {drop_by}, "
-            f"{epochs} epoch; same test rows, {len(c):,} with a score in every run): mean NDCG@10 lost to the noise "
+            f"{epochs} epoch; clean fit averaged over LM training seeds {', '.join(map(str, clean_t))}; same test "
+            f"rows, {len(c):,} with a score in every run): mean NDCG@10 lost to the noise "
             f"{lost:+.4f} (paired row bootstrap p = {p_lost:.3f}), mean recovered by value-aware retraining "
             f"{rec:+.4f} = **{rec / lost:.0%} of the loss** (95% CI of the fraction over 2,000 row resamples "
             f"[{lo:.0%}, {hi:.0%}]; share of resamples recovering less than half: {p_half:.3f}).\n\n"
-            + md_table(rows, list(rows[0])))
+            + md_table(rows, list(rows[0])) + fits)
 
 
 def active(seeds: tuple[int, ...] | None = None, start: int = 200, step: int = 200, budget: int = 4000) -> str:
@@ -778,9 +840,14 @@ def main() -> None:
     ap.add_argument("--loop-noise", default="random",
                     choices=["random", "spam", "targeted", "random-add", "spam-add", "targeted-add"],
                     help="the replaced events' items are noise; with -add the noise is added beside the real events")
-    ap.add_argument("--loop-drop-by", default="confidence", choices=["confidence", "knn", "knn-items", "knn-items-lists", "oracle"],
+    ap.add_argument("--loop-drop-by", default="confidence", choices=["confidence", "knn", "knn-items", "knn-items-lists",
+                                                                   "knn-items-lists-bh", "oracle"],
                     help="oracle: drop exactly the injected events (the ceiling of any valuation)")
     ap.add_argument("--loop-seed", type=int, default=0, help="which events get the noise (the LM's own training seed stays fixed)")
+    ap.add_argument("--loop-train-seed", type=int, default=0,
+                    help="the LM's own training seed (batches, negatives): repeat a condition to see the fit's spread")
+    ap.add_argument("--loop-pool-seeds", default="", help="loop-pool: only these noise seeds, e.g. 3,5")
+    ap.add_argument("--loop-pool-train-seeds", default="", help="loop-pool: only these LM training seeds")
     ap.add_argument("--active-features", default="all", choices=["all", "learned"])
     ap.add_argument("--active-eval", default="judged", choices=["judged", "catalog"],
                     help="NDCG@10 over each test query's judged products, or over the whole catalog")
@@ -790,7 +857,9 @@ def main() -> None:
     ap.add_argument("--active-strategies", default="random,uncertainty,uncertainty-value,diverse-uncertainty")
     ap.add_argument("--no-record", action="store_true")
     a = ap.parse_args()
-    LOOP.update(noise=a.loop_noise, drop_by=a.loop_drop_by, seed=a.loop_seed)
+    LOOP.update(noise=a.loop_noise, drop_by=a.loop_drop_by, seed=a.loop_seed, train_seed=a.loop_train_seed,
+                seeds=tuple(int(x) for x in a.loop_pool_seeds.split(",") if x),
+                train_seeds=tuple(int(x) for x in a.loop_pool_train_seeds.split(",") if x))
     ACTIVE.update(features=a.active_features, eval=a.active_eval, seeds=a.active_seeds, seed_start=a.active_seed_start,
                   strategies=tuple(a.active_strategies.split(",")))
     DETECT_ONLY.extend(x for x in a.detect_datasets.split(",") if x)
