@@ -22,9 +22,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -35,14 +32,10 @@ import numpy as np
 import pandas as pd
 from _common import ROOT, md_table, record
 
+from shoprank.serving.process import ServerProcess
+
 OUT = ROOT / "benchmarks" / "out"
 KEY = "bench-key"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def prepare(items: int, events: int, model: str, random_vectors: bool = False
@@ -75,47 +68,6 @@ def prepare(items: int, events: int, model: str, random_vectors: bool = False
     queries = sorted(set(ds.judgments["query"].astype(str))) or ["desk"]
     users = sorted(set(ds.interactions["user_id"].astype(str)))
     return data, mdir, queries, users
-
-
-class Server:
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.port = _port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = os.environ | {"SHOPRANK_API_KEY": KEY}
-        self.proc = subprocess.Popen([sys.executable, "-m", "shoprank.cli", "serve", *args, "--port", str(self.port)],
-                                     stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-    def wait_ready(self, workers: int, timeout: float = 900) -> float:
-        import httpx
-
-        t0 = time.monotonic()
-        pids: set[int] = set()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise SystemExit("server exited during start-up; see the log")
-            try:
-                with httpx.Client(timeout=2) as c:  # fresh connections reach every worker in turn
-                    r = c.get(self.url + "/v1/info")
-                    if r.status_code == 200:
-                        pids.add(int(r.json()["pid"]))
-            except httpx.HTTPError:
-                pass
-            if len(pids) >= workers:
-                return time.monotonic() - t0
-            time.sleep(0.2)
-        raise SystemExit(f"only {len(pids)} of {workers} workers ready after {timeout}s")
-
-    def kill9(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill9()
 
 
 def _load_worker(url: str, n_threads: int, n_requests: int, queries: list[str], users: list[str], seed: int,
@@ -305,9 +257,9 @@ def main() -> None:
             f"sqlite:///{store_path}", "--encoder", a.encoder, "--cache-dir", str(OUT / "emb-cache"),
             "--hnsw-threshold", str(a.hnsw_threshold), "--no-access-log"]
     log = OUT / "serving-server.log"
-    srv = Server(args, log)
+    srv = ServerProcess(args, log, env={"SHOPRANK_API_KEY": KEY})
     try:
-        start_s = srv.wait_ready(a.workers)
+        start_s = srv.wait_ready(timeout=900, workers=a.workers)
         print(f"server ready in {start_s:.0f}s", flush=True)
         load = load_test(srv.url, a.clients, a.requests, queries, users)
         print(json.dumps(load), flush=True)
@@ -325,9 +277,9 @@ def main() -> None:
         n_before = len(acked)
     finally:
         srv.stop()
-    srv2 = Server(args, log)
+    srv2 = ServerProcess(args, log, env={"SHOPRANK_API_KEY": KEY})
     try:
-        restart_s = srv2.wait_ready(a.workers)
+        restart_s = srv2.wait_ready(timeout=900, workers=a.workers)
         t1 = time.perf_counter()
         left2 = post_events(srv2.url, a.items, left, a.clients, acked)
         second_s = time.perf_counter() - t1

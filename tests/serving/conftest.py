@@ -6,7 +6,6 @@ The frozen encoder is slow on CPU, so item vectors go through a persistent embed
 from __future__ import annotations
 
 import json
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,8 +76,3 @@ def dense_service(shop: tuple[Dataset, Path], dense_dir: Path, emb_cache: Path,
     yield svc
     svc.stop()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

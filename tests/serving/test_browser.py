@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from shoprank.serving.app import create_app
+from shoprank.serving.process import free_port
 from shoprank.serving.service import Service
-from tests.serving.conftest import free_port
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 

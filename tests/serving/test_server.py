@@ -3,10 +3,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,47 +12,12 @@ import httpx
 import pytest
 
 from shoprank.data.dataset import Dataset
+from shoprank.serving.process import ServerProcess
 from shoprank.serving.service import Service
 from shoprank.serving.store import EventStore
-from tests.serving.conftest import API_KEY, free_port, make_settings
+from tests.serving.conftest import API_KEY, make_settings
 
 KEY = {"X-API-Key": API_KEY}
-
-
-class Server:
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        cmd = [sys.executable, "-m", "shoprank.cli", "serve", *args, "--port", str(self.port)]
-        env = os.environ | {"SHOPRANK_API_KEY": API_KEY}
-        with log.open("ab") as f:
-            self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"server not ready in {timeout}s: {self.log.read_text()[-3000:]}")
-
-    def kill9(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill9()
 
 
 @pytest.fixture
@@ -69,7 +30,7 @@ def served(shop: tuple[Dataset, Path], pop_dir: Path, tmp_path: Path) -> Iterato
 def test_kill9_loses_no_acknowledged_event(served: tuple[list[str], str], tmp_path: Path, shop: tuple[Dataset, Path],
                                             pop_dir: Path, emb_cache: Path) -> None:
     args, store_url = served
-    srv = Server(args, tmp_path / "server.log")
+    srv = ServerProcess(args, tmp_path / "server.log", env={"SHOPRANK_API_KEY": API_KEY})
     acked: list[tuple[int, str, str]] = []  # (store id, user, item)
     lock = threading.Lock()
     stop = threading.Event()
@@ -135,15 +96,10 @@ def test_kill9_loses_no_acknowledged_event(served: tuple[list[str], str], tmp_pa
 def test_metrics_sum_over_workers(served: tuple[list[str], str], tmp_path: Path) -> None:
     """Two uvicorn workers: any worker's /metrics counts the requests both of them answered."""
     args, _ = served
-    srv = Server([*args, "--workers", "2", "--no-access-log"], tmp_path / "server.log")
+    srv = ServerProcess([*args, "--workers", "2", "--no-access-log"], tmp_path / "server.log",
+                        env={"SHOPRANK_API_KEY": API_KEY})
     try:
-        srv.wait_ready()
-        pids: set[int] = set()
-        deadline = time.monotonic() + 60
-        while len(pids) < 2 and time.monotonic() < deadline:  # both workers up and answering
-            with httpx.Client(timeout=5) as c:  # a fresh connection may reach either worker
-                pids.add(int(c.get(srv.url + "/v1/info").json()["pid"]))
-        assert len(pids) == 2
+        srv.wait_ready(workers=2)  # both workers up and answering
         n = 30
         for _ in range(n):
             with httpx.Client(timeout=5) as c:
@@ -156,3 +112,13 @@ def test_metrics_sum_over_workers(served: tuple[list[str], str], tmp_path: Path)
             assert got and float(got[0].split()[-1]) == n, got
     finally:
         srv.stop()
+
+
+def test_server_process_reports_a_failed_start(tmp_path: Path) -> None:
+    """A server that exits during start-up is an error carrying the log's last lines."""
+    from shoprank.errors import ShoprankError
+
+    srv = ServerProcess(["--model", str(tmp_path / "nope"), "--data", str(tmp_path)], tmp_path / "server.log")
+    with pytest.raises(ShoprankError, match="(?s)exited with code 2 during start-up.*not a saved model"):
+        srv.wait_ready(timeout=60)
+    srv.stop()

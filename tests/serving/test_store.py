@@ -18,9 +18,10 @@ from fastapi.testclient import TestClient
 
 from shoprank.data.dataset import Dataset
 from shoprank.serving.app import create_app
+from shoprank.serving.process import free_port
 from shoprank.serving.service import Service
 from shoprank.serving.store import EventStore
-from tests.serving.conftest import API_KEY, free_port, make_settings
+from tests.serving.conftest import API_KEY, make_settings
 
 EVENTS = [
     {"user_id": "a", "item_id": "i000001", "event": "view", "timestamp": 1_700_000_000.0, "source": "api"},
