@@ -158,6 +158,9 @@ def test_explain_query(client: TestClient) -> None:
     ex = client.get("/v1/explain", params={"q": "phone chargr", "item_id": top["item_id"]}).json()
     assert ex["corrections"] == {"chargr": "charger"} and set(ex["matched_terms"]) == {"phone", "charger"}
     assert ex["rank"] == 1 and ex["bm25"] > 0 and ex["dense"] > 0
+    # the per-term weights add up to the product's BM25 score (distinct matched terms)
+    assert set(ex["term_weights"]) == {"phone", "charger"} and min(ex["term_weights"].values()) > 0
+    assert abs(sum(ex["term_weights"].values()) - ex["bm25"]) < 1e-4 * ex["bm25"] + 1e-5
 
 
 def test_reload_swaps_without_failing_requests(client: TestClient, dense_service: Service) -> None:

@@ -35,6 +35,25 @@ def test_add_equals_full_build_and_compaction(shop: tuple[Dataset, Path]) -> Non
                                    rtol=1e-5, atol=1e-6)
 
 
+def test_term_scores_equal_one_term_scores(shop: tuple[Dataset, Path]) -> None:
+    """`/v1/explain`'s per-term weights for one product, without a catalog pass per term,
+    match scoring each term over the catalog (base and delta segments)."""
+    texts = item_texts(shop[0].items, 500)
+    idx = TextIndex.build(texts[:150]).add(texts[150:])
+    checked = 0
+    for q in QUERIES:
+        toks = idx.tokens(q)
+        for sl in np.flatnonzero(idx.scores(toks) > 0)[:20].tolist() + [0, idx.n_docs - 1]:
+            got = idx.term_scores(toks, sl)
+            want = {t: float(idx.scores([t])[sl]) for t in set(toks) if idx.scores([t])[sl] > 0}
+            assert got.keys() == want.keys()
+            for t in want:
+                assert abs(got[t] - want[t]) < 1e-5 * max(1.0, want[t])
+            checked += len(want)
+    assert checked > 20
+    assert idx.term_scores(["desk"], idx.n_docs + 5) == {}
+
+
 def test_old_versions_ignore_words_added_later() -> None:
     a = TextIndex.build(["red shoe", "blue hat"])
     b = a.add(["quantum widget"])

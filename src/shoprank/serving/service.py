@@ -735,7 +735,7 @@ class Service:
         out: dict[str, Any] = {
             "query": q, "item": cat.item(sl), "corrections": r["fixes"], "query_terms": r["tokens"],
             "matched_terms": matched,
-            "term_weights": {t: round(float(snap.text.scores([t])[sl]), 6) for t in matched},
+            "term_weights": {t: round(w, 6) for t, w in snap.text.term_scores(matched, sl).items()},
             "bm25": round(float(bm[sl]), 6), "bm25_rank": int((bm > bm[sl]).sum()) + 1 if bm[sl] > 0 else None,
             "dense": None, "dense_rank": None,
             "rrf": round(dict(r["fused"]).get(sl, 0.0), 6),

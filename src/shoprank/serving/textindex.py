@@ -214,12 +214,34 @@ class TextIndex:
                 .astype(np.float32)
         return out
 
-    def doc_terms(self, slot: int) -> set[str]:
+    def _doc_row(self, slot: int) -> tuple[sp.csr_matrix, float] | None:
+        """One slot's term counts (1 x n_terms) and its length."""
         for seg in self.segments:
             if seg.start <= slot < seg.start + seg.n_docs:
-                row = sp.csr_matrix(seg.tf[slot - seg.start, :])
-                return {self.vocab.words[i] for i in row.indices}
-        return set()
+                return sp.csr_matrix(seg.tf[slot - seg.start, :]), float(seg.lengths[slot - seg.start])
+        return None
+
+    def doc_terms(self, slot: int) -> set[str]:
+        got = self._doc_row(slot)
+        return set() if got is None else {self.vocab.words[i] for i in got[0].indices}
+
+    def term_scores(self, tokens: Sequence[str], slot: int) -> dict[str, float]:
+        """Each known token's BM25 contribution to one slot (what `scores([t])[slot]` gives,
+        without scoring the whole catalog once per term); tokens absent from the slot are left out."""
+        got = self._doc_row(slot)
+        if got is None:
+            return {}
+        row, dl = got
+        counts = dict(zip(row.indices.tolist(), row.data.tolist(), strict=True))
+        avgdl = self.total_len / max(self.n_docs, 1)
+        out: dict[str, float] = {}
+        for t in dict.fromkeys(tokens):
+            i = self.term_id(t)
+            if i is None or i not in counts:
+                continue
+            tf = float(counts[i])
+            out[t] = float(self.idf(np.array([i]))[0] * tf / (tf + self.k1 * (1 - self.b + self.b * dl / avgdl)))
+        return out
 
 
 def _pad_cols(m: sp.spmatrix, n: int) -> sp.csr_matrix:
