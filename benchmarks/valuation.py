@@ -603,7 +603,7 @@ def loop_pool(epochs: int = 1) -> str:
     want_s = set(LOOP.get("seeds") or ())  # type: ignore[call-overload]
     want_t = set(LOOP.get("train_seeds") or ())  # type: ignore[call-overload]
 
-    def runs(pattern: str) -> dict[tuple[int, int], dict[str, object]]:
+    def runs(pattern: str, by_noise_seed: bool = True) -> dict[tuple[int, int], dict[str, object]]:
         """(noise seed, training seed) -> stored eval, for files matching `pattern` (seed, train groups)."""
         out: dict[tuple[int, int], dict[str, object]] = {}
         for f in OUT.glob("loop-*"):
@@ -614,13 +614,13 @@ def loop_pool(epochs: int = 1) -> str:
             if not path.exists():
                 continue
             s, t = int(m.group(1)), int(m.group(2) or 0)
-            if (want_s and s not in want_s) or (want_t and t not in want_t):
+            if (by_noise_seed and want_s and s not in want_s) or (want_t and t not in want_t):
                 continue
             out[(s, t)] = json.loads(path.read_text())
         return out
 
     tail = rf"(?:-train(\d+))?-epochs{epochs}"
-    cleans = runs(rf"loop-clean-seed(0){tail}\.json")
+    cleans = runs(rf"loop-clean-seed(0){tail}\.json", by_noise_seed=False)  # the clean fit has no noise seed
     noisies = runs(rf"loop-noisy-{re.escape(noise)}-seed(\d+){tail}")
     cleaneds = runs(rf"loop-cleaned-{re.escape(noise)}-{re.escape(drop_by)}-seed(\d+){tail}\.json")
     if not cleans:
@@ -630,24 +630,25 @@ def loop_pool(epochs: int = 1) -> str:
         return np.array(d["per_user"], dtype=float)
 
     clean_t = sorted(t for (_, t) in cleans)
-    clean = np.mean([rows_of(cleans[(0, t)]) for t in clean_t], 0)
-    seeds, noisy, cleaned, rows, spread = [], [], [], [], []
-    spread.append({"condition": "clean", "training seeds": ", ".join(map(str, clean_t)),
-                   "NDCG@10 per fit": ", ".join(f"{cleans[(0, t)]['ndcg']:.4f}" for t in clean_t),
-                   "SD": float(np.std([cleans[(0, t)]["ndcg"] for t in clean_t], ddof=1)) if len(clean_t) > 1 else None})
+    seeds, clean, noisy, cleaned, rows, units = [], [], [], [], [], []
+    spread = [{"condition": "clean", "training seeds": ", ".join(map(str, clean_t)),
+               "NDCG@10 per fit": ", ".join(f"{cleans[(0, t)]['ndcg']:.4f}" for t in clean_t),
+               "SD": float(np.std([cleans[(0, t)]["ndcg"] for t in clean_t], ddof=1)) if len(clean_t) > 1 else None}]
     for seed in sorted({s for (s, _) in cleaneds}):
-        ts = sorted(t for (s, t) in cleaneds if s == seed and (s, t) in noisies)
+        # a noise seed's clean, noisy and cleaned fits, each averaged over the same LM training seeds
+        ts = sorted(t for (s, t) in cleaneds if s == seed and (s, t) in noisies and (0, t) in cleans)
         if not ts:
             continue
-        n_runs = [noisies[(seed, t)] for t in ts]
-        k_runs = [cleaneds[(seed, t)] for t in ts]
+        c_runs, n_runs, k_runs = [cleans[(0, t)] for t in ts], [noisies[(seed, t)] for t in ts], \
+            [cleaneds[(seed, t)] for t in ts]
         seeds.append(seed)
-        noisy.append(np.mean([rows_of(r) for r in n_runs], 0))
-        cleaned.append(np.mean([rows_of(r) for r in k_runs], 0))
-        n_nd, k_nd = float(np.mean([r["ndcg"] for r in n_runs])), float(np.mean([r["ndcg"] for r in k_runs]))
+        for out, rr in ((clean, c_runs), (noisy, n_runs), (cleaned, k_runs)):
+            out.append(np.mean([rows_of(r) for r in rr], 0))
+        nd = [float(np.mean([r["ndcg"] for r in rr])) for rr in (c_runs, n_runs, k_runs)]
+        units += [(c["ndcg"] - n["ndcg"], k["ndcg"] - n["ndcg"]) for c, n, k in zip(c_runs, n_runs, k_runs, strict=True)]
         k0 = k_runs[0]
-        rows.append({"noise seed": seed, "training seeds": ", ".join(map(str, ts)), "noisy NDCG@10": n_nd,
-                     "cleaned NDCG@10": k_nd, "lost": float(np.nanmean(clean) - n_nd), "recovered": k_nd - n_nd,
+        rows.append({"noise seed": seed, "training seeds": ", ".join(map(str, ts)), "noisy NDCG@10": nd[1],
+                     "cleaned NDCG@10": nd[2], "lost": nd[0] - nd[1], "recovered": nd[2] - nd[1],
                      "events dropped (injected)": f"{k0.get('n_dropped', '?')} ({k0.get('n_dropped_injected', '?')})"})
         if len(ts) > 1:
             for name, rr in (("noisy", n_runs), ("cleaned", k_runs)):
@@ -656,23 +657,34 @@ def loop_pool(epochs: int = 1) -> str:
                                "SD": float(np.std([r["ndcg"] for r in rr], ddof=1))})
     if not seeds:
         return "Loop pooled: no stored seeds (run `--only loop --loop-seed S` first)."
-    ok = np.isfinite(clean) & np.all(np.isfinite(noisy), 0) & np.all(np.isfinite(cleaned), 0)
-    c, nm, km = clean[ok], np.mean(noisy, 0)[ok], np.mean(cleaned, 0)[ok]
+    ok = np.all(np.isfinite(clean), 0) & np.all(np.isfinite(noisy), 0) & np.all(np.isfinite(cleaned), 0)
+    c, nm, km = np.mean(clean, 0)[ok], np.mean(noisy, 0)[ok], np.mean(cleaned, 0)[ok]
     loss = paired_bootstrap_diff(c, nm, n=2000)
     lost, p_lost, rec = loss.diff, loss.p_value, float(np.mean(km - nm))
     b_lost, b_rec = bootstrap_stats(c - nm, 2000, seed=0), bootstrap_stats(km - nm, 2000, seed=0)  # same resamples
     ratio = b_rec / np.where(b_lost > 0, b_lost, np.nan)
     lo, hi = np.nanpercentile(ratio, [2.5, 97.5])
     p_half = float(np.mean(b_rec - 0.5 * b_lost <= 0))
+    # the row bootstrap sees only which test rows were drawn; refitting moves a score too, so
+    # also resample whole runs (one unit = a noise seed x training seed: its lost and recovered)
+    u = np.array(units, dtype=float)
+    rng = np.random.default_rng(0)
+    pick = rng.integers(0, len(u), (2000, len(u)))
+    fit_ratio = u[pick, 1].sum(1) / np.where(u[pick, 0].sum(1) > 0, u[pick, 0].sum(1), np.nan)
+    f_lo, f_hi = np.nanpercentile(fit_ratio, [2.5, 97.5])
+    f_half = float(np.mean(~(fit_ratio >= 0.5)))
+    runs_note = (f" Resampling the {len(u)} runs (noise seed x LM training seed) instead of the rows: 95% CI "
+                 f"[{f_lo:.0%}, {f_hi:.0%}], share below half {f_half:.3f}." if len(u) >= 5 else
+                 f" ({len(u)} runs: too few to resample runs instead of rows.)")
     fits = ("" if len(spread) == 1 and len(clean_t) == 1 else
             "\n\nThe fit's own spread (each condition refitted with other LM training seeds; same data, same "
             "test rows):\n\n" + md_table(spread, ["condition", "training seeds", "NDCG@10 per fit", "SD"]))
     return (f"The Loop pooled over noise seeds {', '.join(map(str, seeds))} ({noise} noise, dropped by {drop_by}, "
-            f"{epochs} epoch; clean fit averaged over LM training seeds {', '.join(map(str, clean_t))}; same test "
-            f"rows, {len(c):,} with a score in every run): mean NDCG@10 lost to the noise "
+            f"{epochs} epoch; each noise seed's clean, noisy and cleaned fits averaged over the same LM training "
+            f"seeds; same test rows, {len(c):,} with a score in every run): mean NDCG@10 lost to the noise "
             f"{lost:+.4f} (paired row bootstrap p = {p_lost:.3f}), mean recovered by value-aware retraining "
             f"{rec:+.4f} = **{rec / lost:.0%} of the loss** (95% CI of the fraction over 2,000 row resamples "
-            f"[{lo:.0%}, {hi:.0%}]; share of resamples recovering less than half: {p_half:.3f}).\n\n"
+            f"[{lo:.0%}, {hi:.0%}]; share of resamples recovering less than half: {p_half:.3f}).{runs_note}\n\n"
             + md_table(rows, list(rows[0])) + fits)
 
 
