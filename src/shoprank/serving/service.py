@@ -730,12 +730,12 @@ class Service:
         r = self._retrieve(snap, q)
         final, rerank = self._reranked(snap, r)
         bm = r["bm"]
-        doc = snap.text.doc_terms(sl)
-        matched = sorted(set(r["tokens"]) & doc)
+        weights = snap.text.term_scores(r["tokens"], sl)  # the query terms this product contains
+        matched = sorted(weights)
         out: dict[str, Any] = {
             "query": q, "item": cat.item(sl), "corrections": r["fixes"], "query_terms": r["tokens"],
             "matched_terms": matched,
-            "term_weights": {t: round(w, 6) for t, w in snap.text.term_scores(matched, sl).items()},
+            "term_weights": {t: round(weights[t], 6) for t in matched},
             "bm25": round(float(bm[sl]), 6), "bm25_rank": int((bm > bm[sl]).sum()) + 1 if bm[sl] > 0 else None,
             "dense": None, "dense_rank": None,
             "rrf": round(dict(r["fused"]).get(sl, 0.0), 6),

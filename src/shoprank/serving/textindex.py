@@ -194,6 +194,10 @@ class TextIndex:
         df = self.df[ids]
         return np.log(1.0 + (self.n_docs - df + 0.5) / (df + 0.5))
 
+    def _weight(self, idf: np.ndarray, tf: np.ndarray, dl: np.ndarray, avgdl: float) -> np.ndarray:
+        """BM25 term weight: idf x saturated, length-normalised term frequency."""
+        return idf * tf / (tf + self.k1 * (1 - self.b + self.b * dl / avgdl))
+
     def scores(self, tokens: Sequence[str]) -> np.ndarray:
         """BM25 score of every slot for the distinct known tokens (float32, n_docs)."""
         out = np.zeros(self.n_docs, np.float32)
@@ -207,9 +211,8 @@ class TextIndex:
             if not ok.any():
                 continue
             sub = seg.tf[:, ids[ok]].tocoo()
-            tf = sub.data.astype(np.float64)
-            dl = seg.lengths[sub.row].astype(np.float64)
-            w = idf[ok][sub.col] * tf / (tf + self.k1 * (1 - self.b + self.b * dl / avgdl))
+            w = self._weight(idf[ok][sub.col], sub.data.astype(np.float64),
+                             seg.lengths[sub.row].astype(np.float64), avgdl)
             out[seg.start : seg.start + seg.n_docs] += np.bincount(sub.row, weights=w, minlength=seg.n_docs) \
                 .astype(np.float32)
         return out
@@ -233,15 +236,13 @@ class TextIndex:
             return {}
         row, dl = got
         counts = dict(zip(row.indices.tolist(), row.data.tolist(), strict=True))
-        avgdl = self.total_len / max(self.n_docs, 1)
-        out: dict[str, float] = {}
-        for t in dict.fromkeys(tokens):
-            i = self.term_id(t)
-            if i is None or i not in counts:
-                continue
-            tf = float(counts[i])
-            out[t] = float(self.idf(np.array([i]))[0] * tf / (tf + self.k1 * (1 - self.b + self.b * dl / avgdl)))
-        return out
+        hit = {t: i for t in dict.fromkeys(tokens) if (i := self.term_id(t)) is not None and i in counts}
+        if not hit:
+            return {}
+        ids = np.array(list(hit.values()), np.int64)
+        w = self._weight(self.idf(ids), np.array([counts[i] for i in ids], np.float64),
+                         np.full(len(ids), dl), self.total_len / max(self.n_docs, 1))
+        return dict(zip(hit, w.astype(float).tolist(), strict=True))
 
 
 def _pad_cols(m: sp.spmatrix, n: int) -> sp.csr_matrix:
