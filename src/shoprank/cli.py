@@ -390,6 +390,37 @@ def value(
                   + ", ".join(str(f) for f in files.values()))
 
 
+@app.command()
+def label(
+    data: Annotated[Path, typer.Option(help="dataset folder whose judgments the relevance model learns from")],
+    pool: Annotated[Path, typer.Option(help="CSV of candidate (query, item_id) pairs, not yet judged")],
+    out: Annotated[Path, typer.Option(help="CSV to write: the pairs to judge next, best first, with empty grade "
+                                      "and labeler columns for the annotators")],
+    k: Annotated[int, typer.Option(help="how many pairs to ask for")] = 100,
+    strategy: Annotated[str, typer.Option(help="fisher | random | uncertainty | uncertainty-value | "
+                                          "diverse-uncertainty (see BENCHMARKS.md, active labelling)")] = "fisher",
+    relevant_from: Annotated[float | None, typer.Option(help="grade from which a pair counts as relevant "
+                                                        "(default: the middle of the grades seen)")] = None,
+    model: Annotated[Path | None, typer.Option(help="trained dense/lm model directory whose embeddings to use")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="embedding cache (default: next to OUT)")] = None,
+    seed: int = 0,
+) -> None:
+    """Choose the next pairs to send to annotators (active labelling)."""
+    from shoprank.data.dataset import Dataset
+    from shoprank.valuation.features import Embedder
+    from shoprank.valuation.labeling import next_to_label, read_pool
+
+    ds = Dataset.load(data)
+    emb = Embedder(ds, model_dir=model, cache_dir=cache_dir or out.parent / "cache")
+    batch = next_to_label(ds, read_pool(pool, ds), k, strategy=strategy, relevant_from=relevant_from, embedder=emb,
+                          seed=seed)
+    batch.to_csv(out)
+    for n in batch.notes:
+        console.print(f"note: {n}")
+    console.print(f"{len(batch.pairs)} of {batch.n_pool} pool pairs chosen by {strategy} (relevance model: "
+                  f"{batch.n_labelled} judgments, relevant from grade {batch.relevant_from:g}) -> {out}")
+
+
 def _json_default(o: Any) -> Any:
     import numpy as np
 
