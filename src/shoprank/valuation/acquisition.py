@@ -4,8 +4,9 @@ Why: a value alone does not say what to do. A shop pays per record (a partner fe
 annotator's judgment), so the planner puts each group's value beside its cost, and projects
 with a learning curve (a power law fitted to the validation score as the group grows) what
 N more records of that group would add. The active labeller picks the next unlabelled
-(query, product) pairs where the current model is unsure and the neighbouring labelled data
-is valuable, so annotation money goes where it pays.
+(query, product) pairs whose labels would pin down the relevance model's weights the most
+(Fisher information; or where the model is unsure and the neighbouring labelled data is
+valuable), so annotation money goes where it pays.
 """
 
 from __future__ import annotations
@@ -225,7 +226,9 @@ class ActiveLabeler:
     minimise tr((Σ_labelled I_x + l2·I)^-1 · I_pool), I_x = p(1-p)·x̃x̃ᵀ the Fisher information
     of one pair, x̃ = [x, 1]). Uncertainty alone keeps asking about the same boundary region;
     this asks where the weights are still poorly pinned down *and* where the pool has mass,
-    and each pick lowers the score of pairs that would tell the model the same thing.
+    and each pick lowers the score of pairs that would tell the model the same thing (so
+    `max_similarity` is not used). `l2` is the model's L2 penalty (1 / C for scikit-learn's
+    LogisticRegression, default C = 1); the cost is O(n d^2) per batch plus O(n d) per pick.
     """
 
     STRATEGIES = ("uncertainty-value", "uncertainty", "random", "diverse-uncertainty", "diverse-uncertainty-value",
