@@ -63,6 +63,10 @@ def test_next_to_label_respects_k_and_strategy(shop_with_pool: tuple[Path, Path,
     assert len(fisher.pairs) == len(rand.pairs) == 10 and fisher.relevant_from == 1.5  # grades 0-3
     assert set(fisher.pairs["pool_line"]) != set(rand.pairs["pool_line"])
     assert len(next_to_label(ds, pool.head(4), 10).pairs) == 4  # a pool smaller than k: all of it
+    in_code = next_to_label(ds, pool.drop(columns="line").iloc[::-1], 3)  # any index, no line numbers
+    assert in_code.pairs["pool_line"].between(2, len(pool) + 1).all()
+    with pytest.raises(ShoprankError, match="missing: item_id"):
+        next_to_label(ds, pool.drop(columns="item_id"), 3)
     with pytest.raises(ShoprankError, match="k must be"):
         next_to_label(ds, pool, 0)
     with pytest.raises(ShoprankError, match="unknown strategy"):

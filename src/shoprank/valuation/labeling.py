@@ -77,6 +77,12 @@ def next_to_label(ds: Dataset, pool: pd.DataFrame, k: int, *, strategy: str = "f
 
     if k < 1:
         raise ShoprankError(f"k must be >= 1, got {k}")
+    missing = [c for c in (Col.QUERY, Col.ITEM_ID) if c not in pool.columns]
+    if missing:
+        raise ShoprankError(f"the pool needs columns {Col.QUERY!r} and {Col.ITEM_ID!r}; missing: {', '.join(missing)}")
+    if "line" not in pool.columns:  # a frame built in code: number its rows as a CSV would
+        pool = pool.assign(line=np.arange(len(pool)) + 2)
+    pool = pool.reset_index(drop=True)
     judged = ds.judgments
     if not len(judged):
         raise ShoprankError(f"dataset {ds.name!r} has no judgments to learn relevance from; label a random "
