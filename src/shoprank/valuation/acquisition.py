@@ -281,12 +281,12 @@ class ActiveLabeler:
 
     def select(self, x_pool: np.ndarray, k: int) -> np.ndarray:
         """Indices into `x_pool` of the next `k` items to label, best first."""
+        if self.strategy == "fisher":  # its own objective: the uncertainty scores would be a wasted pass
+            return self._fisher(x_pool, k)
         s = self.scores(x_pool)
         order = np.lexsort((np.arange(len(s)), -s))
         if self.strategy.startswith("diverse-"):
             return self._diverse(x_pool, s, order, k)
-        if self.strategy == "fisher":
-            return self._fisher(x_pool, k)
         if self.max_similarity is None or self.strategy == "random":
             return order[:k]
         xq = _unit(x_pool)
