@@ -9,8 +9,10 @@
 - detect: 20% flipped labels on zh-shopping-reviews (5,000 train / 1,000 valid reviews) and
   tallrec-movie (4,000 train rows / the 1,000 valid rows), frozen MiniLM embeddings cached in
   benchmarks/out/cache; KNN-Shapley (against the validation set, and self valuation on the
-  training set) and Data-OOB in the same run beside a random valuation, 3 seeds (seed =
-  which labels are flipped).
+  training set), Data-OOB and cross-fit confidence in the same run beside a random
+  valuation and the clean-label ceiling (a model fitted to the true labels judging the
+  observed ones), 3 seeds (seed = which labels are flipped); tallrec again with the user's
+  and the movie's like rates as features;
 
 - amazon: injected noisy clicks (20% of next items replaced at random) on amazon-industrial's
   valid.csv pairs, KNN-Shapley with next-item vector targets and Data-OOB in the same run.
@@ -45,7 +47,12 @@ from shoprank.valuation import (
     knn_shapley_values,
     knn_utility,
 )
-from shoprank.valuation.experiments import method_factory, noise_detection_experiment, summarize
+from shoprank.valuation.experiments import (
+    CEILING,
+    method_factory,
+    noise_detection_experiment,
+    summarize,
+)
 
 CACHE = Path(__file__).resolve().parent / "out" / "cache"
 DETECT_ONLY: list[str] = []  # --detect-datasets: substrings of the dataset names to run
@@ -53,6 +60,9 @@ LOOP: dict[str, object] = {"noise": "random", "drop_by": "confidence", "seed": 0
 ACTIVE: dict[str, object] = {"features": "all", "eval": "judged", "seeds": 3, "seed_start": 0,  # --active-features, ...
                               "strategies": ("random", "uncertainty", "uncertainty-value", "diverse-uncertainty")}
 OUT = Path(__file__).resolve().parent / "out"
+# the Loop's per-run test scores (small JSON, one file per fit) are kept in the repository, so
+# `--only loop-pool` can pool runs made in other sessions; fitted models stay in OUT (ignored)
+RESULTS = Path(__file__).resolve().parent / "results" / "loop"
 K = 10
 LIST_M = 20  # knn-items-lists: chosen on seeds 0-7 by injected events flagged (20 and 50 tried), not on NDCG
 
@@ -173,7 +183,11 @@ def zh_data(n_train: int = 5000, n_valid: int = 1000, encoder: str = "minilm") -
     return ValuationData(emb[:n_train], y[:n_train], emb[n_train:], y[n_train:])
 
 
-def tallrec_data(n_train: int = 4000) -> ValuationData:
+def tallrec_data(n_train: int = 4000, collab: bool = False) -> ValuationData:
+    """Frozen MiniLM features of the target title and of the liked and disliked history titles;
+    with `collab`, three more: the user's like rate in the history, the target movie's like
+    rate (add-one smoothed) and log count over the other users' history ratings in train.csv
+    (never the user's own: a later row's history can hold this row's own rating)."""
     items = pd.read_csv(SHARED / "movielens-100k" / "ml-100k.item", sep="\t")
     items.columns = [c.split(":")[0] for c in items.columns]
     titles = {str(i): f"{t} ({y})" if pd.notna(y) else str(t)
@@ -193,9 +207,30 @@ def tallrec_data(n_train: int = 4000) -> ValuationData:
         return np.asarray(out, dtype=np.float32)
 
     base = SHARED / "tallrec-movie" / "baseline"
-    tr = pd.read_csv(base / "train.csv").sample(n=n_train, random_state=0).reset_index(drop=True)
+    full = pd.read_csv(base / "train.csv")
+    tr = full.sample(n=n_train, random_state=0).reset_index(drop=True)
     va = pd.read_csv(base / "valid.csv")
-    return ValuationData(feats(tr), tr["rating"].to_numpy(dtype=np.int64), feats(va), va["rating"].to_numpy(dtype=np.int64))
+    xtr, xva = feats(tr), feats(va)
+    if collab:
+        trip = pd.DataFrame([(u, int(i), int(v)) for u, h, r in zip(full["user_id"], full["history_movie_id"],
+                                                                    full["history_rating"], strict=True)
+                             for i, v in zip(ast.literal_eval(h), ast.literal_eval(r), strict=True)],
+                            columns=["user", "item", "liked"]).drop_duplicates(["user", "item"])
+        per_item = trip.groupby("item")["liked"].agg(["sum", "count"])
+        own = trip.set_index(["user", "item"])["liked"]
+
+        def cf(df: pd.DataFrame) -> np.ndarray:
+            out = []
+            for u, r, m in zip(df["user_id"], df["history_rating"], df["movie_id"], strict=True):
+                rat = ast.literal_eval(r)
+                s_, c_ = per_item.loc[m].tolist() if m in per_item.index else (0, 0)
+                if (u, m) in own.index:  # leave the user's own rating of the movie out
+                    s_, c_ = s_ - int(own.loc[(u, m)]), c_ - 1
+                out.append([float(np.mean(rat)) if rat else 0.5, (s_ + 1) / (c_ + 2), np.log1p(c_)])
+            return np.asarray(out, dtype=np.float32)
+
+        xtr, xva = np.hstack([xtr, cf(tr)]), np.hstack([xva, cf(va)])
+    return ValuationData(xtr, tr["rating"].to_numpy(dtype=np.int64), xva, va["rating"].to_numpy(dtype=np.int64))
 
 
 def _fmt(r: dict) -> dict[str, object]:
@@ -227,9 +262,11 @@ def detect() -> str:
         "knn-shapley (K=30, cosine)": method_factory("knn-shapley", k=30, metric="cosine"),
         "knn-shapley self (K=10, no valid set)": method_factory("knn-shapley", k=10, self_valuation=True),
         "data-oob (100 ridge bags)": method_factory("data-oob", n_estimators=100),
+        "cross-fit (logistic regression, 5 folds)": method_factory("cross-fit", n_folds=5),
     }
-    rows = []
-    loaders = [("zh-shopping-reviews", zh_data), ("tallrec-movie", tallrec_data)]
+    rows, verdicts = [], []
+    loaders = [("zh-shopping-reviews", zh_data), ("tallrec-movie", tallrec_data),
+               ("tallrec-movie (+ user and movie like rates)", lambda: tallrec_data(collab=True))]
     try:  # the Chinese encoder (opt-in extra: `make zh`): MiniLM maps most Chinese characters to [UNK]
         from shoprank.text.encoder import resolve_model_path
 
@@ -241,17 +278,28 @@ def detect() -> str:
         loaders = [(n, f) for n, f in loaders if any(k in n for k in DETECT_ONLY)]
     for name, loader in loaders:
         data = loader()
-        df = noise_detection_experiment(data, methods, noise_frac=0.2, seeds=(0, 1, 2))
+        df = noise_detection_experiment(data, methods, noise_frac=0.2, seeds=(0, 1, 2), ceiling=True)
         s = summarize(df)
         for r in s.to_dict("records"):
-            rows.append({"dataset": name, "method": r["method"], **_fmt(r)})
+            rows.append({"dataset": name, "method": r["method"], **_fmt(r), "F1 best cut": f"{r['f1_best']:.3f}"})
             print(rows[-1], flush=True)
+        f1 = s.set_index("method")["f1"]
+        oob = float(f1["data-oob (100 ridge bags)"])
+        best = f1.drop(["random", CEILING, "data-oob (100 ridge bags)"]).sort_values().index[-1]
+        verdicts.append(f"- {name}: best method {best} {f1[best]:.3f} = Data-OOB {oob:.3f} "
+                        f"{f1[best] - oob:+.3f} (target +0.1); the clean-label ceiling reaches {f1[CEILING]:.3f} "
+                        f"(best cut {s.set_index('method')['f1_best'][CEILING]:.3f}), "
+                        f"{f1[CEILING] - oob:+.3f} over Data-OOB.")
     return ("Label-noise detection (OpenDataVal protocol): 20% of training labels flipped, F1 of a 2-means "
             "clustering of the values (low cluster = flagged), AUROC of -value, precision at k = number flipped; "
             "mean ± std over 3 seeds; features: frozen all-MiniLM-L6-v2 embeddings (zh: review text, and again "
             "with the Chinese m3e-small when installed; tallrec: target title, mean liked and mean disliked "
-            "history titles)\n\n"
-            + md_table(rows, ["dataset", "method", "F1", "AUROC", "P@k", "seconds"]))
+            "history titles, and again with the user's and the movie's like rates); 'F1 best cut': the F1 of "
+            "the best threshold on the values, chosen knowing the answer; the ceiling row is a logistic "
+            "regression fitted (5 folds) to the *clean* labels judging the observed ones: what these "
+            "features allow any detector that judges a label by its features\n\n"
+            + md_table(rows, ["dataset", "method", "F1", "F1 best cut", "AUROC", "P@k", "seconds"])
+            + "\n\n" + "\n".join(verdicts))
 
 
 def detect_lm(seeds: tuple[int, ...] = (0, 1, 2), epochs: int = 2) -> str:
@@ -356,6 +404,16 @@ def amazon_noise(frac: float = 0.2, seeds: tuple[int, ...] = (0, 1, 2)) -> str:
             + md_table(table, ["noise", "method", "F1", "AUROC", "P@k"]))
 
 
+def _save(path: Path, run: dict[str, object]) -> None:
+    """One Loop fit's test scores into benchmarks/results (per-row NDCG@10 to 6 decimals: what
+    `--only loop-pool` needs, small enough to keep in the repository)."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [None if x is None else round(float(x), 6) for x in run["per_user"]]  # type: ignore[attr-defined]
+    path.write_text(json.dumps({**run, "per_user": rows}))
+
+
 def _train_tag(train_seed: int) -> str:
     """File-name part of a Loop run's LM training seed (empty for seed 0, the runs recorded first)."""
     return "" if train_seed == 0 else f"-train{train_seed}"
@@ -373,7 +431,7 @@ def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
     validation events, 2-means; "knn-items": every event of the products whose events'
     KNN-Shapley values are significantly low as a group; "knn-items-lists": the same with the
     hubness-free list match, "-bh" with Benjamini-Hochberg instead of Bonferroni; "oracle":
-    exactly the injected events). `LOOP["train_seed"]` is the LM's own training seed. The clean fit is deterministic and is reused from benchmarks/out when an
+    exactly the injected events). `LOOP["train_seed"]` is the LM's own training seed. The clean fit is deterministic and is reused from benchmarks/results/loop when an
     earlier run stored it (the table says so)."""
     import json
 
@@ -439,27 +497,24 @@ def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
         print(name, {k: v for k, v in out.items() if k != "per_user"}, f"{secs:.0f}s", flush=True)
         return m, out, secs
 
-    cached = OUT / f"loop-clean-seed0{tag}-epochs{epochs}.json"  # the noise seed does not touch the clean fit
+    cached = RESULTS / f"loop-clean-seed0{tag}-epochs{epochs}.json"  # the noise seed does not touch the clean fit
     if cached.exists() and "per_user" in json.loads(cached.read_text()):  # older files lack per-user values
         clean, s_clean = json.loads(cached.read_text()), 0.0
         print("clean (stored)", {k: v for k, v in clean.items() if k != "per_user"}, flush=True)
     else:
         _, clean, s_clean = fit_eval(split, "clean")
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        cached.write_text(json.dumps(clean))
-    stored = OUT / f"loop-noisy-{noise}-seed{seed}{tag}-epochs{epochs}"  # the noisy fit, to rerun the rest cheaply
-    if (stored / "eval.json").exists():
+        _save(cached, clean)
+    name = f"loop-noisy-{noise}-seed{seed}{tag}-epochs{epochs}"
+    stored, noisy_eval = OUT / name, RESULTS / f"{name}.json"  # the noisy fit, to rerun the rest cheaply
+    if (stored / "model").exists() and noisy_eval.exists():
         from shoprank.models.base import load_model
 
-        noisy_model, dirty, s_dirty = load_model(stored / "model"), json.loads((stored / "eval.json").read_text()), 0.0
-        if "per_user" not in dirty:
-            dirty = evaluate(noisy_model)
-            (stored / "eval.json").write_text(json.dumps(dirty))
+        noisy_model, dirty, s_dirty = load_model(stored / "model"), json.loads(noisy_eval.read_text()), 0.0
         print("noisy (stored)", {k: v for k, v in dirty.items() if k != "per_user"}, flush=True)
     else:
         noisy_model, dirty, s_dirty = fit_eval(noisy_split, "noisy")
         noisy_model.save(stored / "model")  # type: ignore[attr-defined]
-        (stored / "eval.json").write_text(json.dumps(dirty))
+        _save(noisy_eval, dirty)
     # values of the noisy training events
     t0 = time.perf_counter()  # (the oracle needs no scoring pass of the noisy LM)
     lists_rule = drop_by.startswith("knn-items-lists")  # the list match, with Bonferroni or (-bh) BH flags
@@ -535,8 +590,8 @@ def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
         flags[has] = kmeans_flags((conf if drop_by == "confidence" else knn)[has], seed=seed)
     kept = noisy_split.train.with_tables(interactions=bad[~flags].reset_index(drop=True))
     _, cleaned, s_cleaned = fit_eval(dataclasses.replace(split, train=kept), "cleaned")
-    (OUT / f"loop-cleaned-{noise}-{drop_by}-seed{seed}{tag}-epochs{epochs}.json").write_text(json.dumps(
-        {**cleaned, "n_dropped": int(flags.sum()), "n_dropped_injected": int((flags & noisy).sum())}))  # for loop-pool
+    _save(RESULTS / f"loop-cleaned-{noise}-{drop_by}-seed{seed}{tag}-epochs{epochs}.json",
+          {**cleaned, "n_dropped": int(flags.sum()), "n_dropped_injected": int((flags & noisy).sum())})  # for loop-pool
     lost = clean["ndcg"] - dirty["ndcg"]
     rec = (cleaned["ndcg"] - dirty["ndcg"]) / lost if lost > 0 else float("nan")
 
@@ -606,12 +661,9 @@ def loop_pool(epochs: int = 1) -> str:
     def runs(pattern: str, by_noise_seed: bool = True) -> dict[tuple[int, int], dict[str, object]]:
         """(noise seed, training seed) -> stored eval, for files matching `pattern` (seed, train groups)."""
         out: dict[tuple[int, int], dict[str, object]] = {}
-        for f in OUT.glob("loop-*"):
-            m = re.fullmatch(pattern, f.name)
+        for path in RESULTS.glob("loop-*.json"):
+            m = re.fullmatch(pattern, path.name)
             if m is None:
-                continue
-            path = f / "eval.json" if f.is_dir() else f
-            if not path.exists():
                 continue
             s, t = int(m.group(1)), int(m.group(2) or 0)
             if (by_noise_seed and want_s and s not in want_s) or (want_t and t not in want_t):
@@ -621,7 +673,7 @@ def loop_pool(epochs: int = 1) -> str:
 
     tail = rf"(?:-train(\d+))?-epochs{epochs}"
     cleans = runs(rf"loop-clean-seed(0){tail}\.json", by_noise_seed=False)  # the clean fit has no noise seed
-    noisies = runs(rf"loop-noisy-{re.escape(noise)}-seed(\d+){tail}")
+    noisies = runs(rf"loop-noisy-{re.escape(noise)}-seed(\d+){tail}\.json")
     cleaneds = runs(rf"loop-cleaned-{re.escape(noise)}-{re.escape(drop_by)}-seed(\d+){tail}\.json")
     if not cleans:
         return "Loop pooled: no stored clean fit (run `--only loop` first)."

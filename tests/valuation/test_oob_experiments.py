@@ -7,9 +7,13 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
+from shoprank.errors import ShoprankError
 from shoprank.valuation import DataOOB, KNNShapley, ValuationData
 from shoprank.valuation.experiments import (
+    CEILING,
     add_feature_noise,
+    best_threshold_f1,
+    clean_label_ceiling,
     detection_metrics,
     flip_labels,
     method_factory,
@@ -43,8 +47,46 @@ def test_detection_metrics() -> None:
     noisy[:20] = True
     perfect = np.where(noisy, -1.0, 1.0) + np.linspace(0, 0.01, 100)
     m = detection_metrics(perfect, noisy)
-    assert m == {"f1": 1.0, "auroc": 1.0, "precision_at_k": 1.0}
+    assert m == {"f1": 1.0, "f1_best": 1.0, "auroc": 1.0, "precision_at_k": 1.0}
     assert detection_metrics(-perfect, noisy)["auroc"] == 0.0
+
+
+def test_best_threshold_f1_is_the_best_cut_and_keeps_ties_together() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        v = rng.integers(0, 6, 40).astype(float)  # many ties
+        m = rng.random(40) < 0.3
+        m[0] = True
+        brute = 0.0
+        for t in np.unique(v):  # every rule "flag the values <= t"
+            flag = v <= t
+            tp = (flag & m).sum()
+            brute = max(brute, 2 * tp / (flag.sum() + m.sum()))
+        assert best_threshold_f1(v, m) == pytest.approx(brute)
+        assert best_threshold_f1(v, m) >= detection_metrics(v, m)["f1"] - 1e-12  # 2-means is one cut
+    # one tie spanning a noisy and a clean record: no cut separates them
+    assert best_threshold_f1(np.array([0.0, 0.0, 1.0, 2.0]), np.array([True, False, False, False])) == pytest.approx(2 / 3)
+    assert best_threshold_f1(np.zeros(3), np.zeros(3, bool)) == 0.0
+    with pytest.raises(ShoprankError, match="length"):
+        best_threshold_f1(np.zeros(3), np.zeros(4, bool))
+
+
+def test_clean_label_ceiling_judges_observed_labels_with_a_model_of_the_clean_ones() -> None:
+    d = blobs()
+    yn, noisy = flip_labels(d.y_train, 0.2, seed=0)
+    ceil = clean_label_ceiling(d.x_train, d.y_train, yn, seed=0)
+    assert ceil.shape == (len(yn),) and (ceil <= 0).all()
+    assert detection_metrics(ceil, noisy)["auroc"] > 0.95
+    # with the observed labels equal to the clean ones nothing looks wrong: the flipped rows' scores rise
+    same = clean_label_ceiling(d.x_train, d.y_train, d.y_train, seed=0)
+    assert same[noisy].mean() > ceil[noisy].mean() + 2
+    assert np.allclose(same[~noisy], ceil[~noisy])  # same folds, same model: unflipped rows unchanged
+    with pytest.raises(ShoprankError, match="differ in length"):
+        clean_label_ceiling(d.x_train, d.y_train, yn[:-1])
+    with pytest.raises(ShoprankError, match="n_folds"):
+        clean_label_ceiling(d.x_train, d.y_train, yn, n_folds=1)
+    df = noise_detection_experiment(d, {"oob": method_factory("data-oob", n_estimators=10)}, seeds=(0,), ceiling=True)
+    assert CEILING in set(df["method"]) and "f1_best" in df.columns
 
 
 def test_data_oob_finds_flipped_labels_and_is_deterministic() -> None:

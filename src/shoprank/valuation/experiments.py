@@ -23,6 +23,7 @@ from shoprank.valuation.baselines import RandomValuation
 from shoprank.valuation.utility import ModelUtility, Scorer, ValuationData
 
 MethodFactory = Callable[[int], Valuation]
+CEILING = "ceiling: model of the clean labels (cross-fit; not a method)"  # noise_detection_experiment's row
 
 
 def flip_labels(y: np.ndarray, frac: float, *, seed: int = 0, classes: Sequence[Any] | None = None
@@ -142,8 +143,63 @@ def low_value_groups(values: np.ndarray, groups: np.ndarray, *, alpha: float = 0
     return out.sort_values(["p", "t"]).reset_index(drop=True)
 
 
+def best_threshold_f1(values: np.ndarray, noisy: np.ndarray) -> float:
+    """The highest F1 any cut of the value ranking reaches (flag everything below a threshold).
+
+    Why: the protocol's 2-means split is one threshold rule among many; this is what the best
+    threshold, chosen knowing the answer, would give, so a method's F1 can be told apart from
+    its ranking (the ceiling of any thresholding rule on those values). Tied values fall on the
+    same side of every cut."""
+    v = np.asarray(values, dtype=np.float64)
+    m = np.asarray(noisy, dtype=bool)
+    if len(v) != len(m):
+        raise ShoprankError("values and noise mask differ in length")
+    if not m.any():
+        return 0.0
+    order = np.argsort(v, kind="stable")
+    tp = np.cumsum(m[order])
+    n_flag = np.arange(1, len(v) + 1)
+    cut = np.r_[v[order][1:] != v[order][:-1], True]  # a cut only between different values
+    return float((2 * tp[cut] / (n_flag[cut] + m.sum())).max())
+
+
+def clean_label_ceiling(x: Any, y_clean: np.ndarray, y_observed: np.ndarray, *, estimator: Any = None,
+                        n_folds: int = 5, seed: int = 0, floor: float = 1e-6) -> np.ndarray:
+    """Detection scores of a model that learnt from the *clean* labels: each record's observed
+    label as judged (log-probability) by a model fitted, on the other folds, to the true labels.
+
+    Why: not a valuation method (nobody has the clean labels), but the natural ceiling of any
+    detector that judges a label by what the features say about it: it knows the task as well
+    as these features and this model class allow, without the noise spoiling the fit. When a
+    method sits close to it, better detection needs better features, not a better valuation.
+    `estimator`: scikit-learn style classifier (default logistic regression)."""
+    from shoprank.valuation.crossfit import stratified_folds
+    from shoprank.valuation.utility import _take, make_model
+
+    yc, yo = np.asarray(y_clean), np.asarray(y_observed)
+    if len(yc) != len(yo):
+        raise ShoprankError(f"clean ({len(yc)}) and observed ({len(yo)}) labels differ in length")
+    if n_folds < 2:
+        raise ShoprankError(f"the clean-label ceiling needs n_folds >= 2, got {n_folds}")
+    if estimator is None:
+        from sklearn.linear_model import LogisticRegression
+
+        estimator = LogisticRegression(max_iter=2000)
+    fold = stratified_folds(yc, n_folds, np.random.default_rng(seed))
+    out = np.empty(len(yc))
+    for f in range(n_folds):
+        test, train = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
+        model = make_model(estimator).fit(_take(x, train), yc[train])
+        proba = np.asarray(model.predict_proba(_take(x, test)), dtype=np.float64)
+        col = {c: j for j, c in enumerate(np.asarray(model.classes_).tolist())}
+        p = np.array([proba[i, col[c]] if c in col else 0.0 for i, c in enumerate(yo[test].tolist())])
+        out[test] = np.log(np.maximum(p, floor))
+    return out
+
+
 def detection_metrics(values: np.ndarray, noisy: np.ndarray, *, seed: int = 0) -> dict[str, float]:
-    """F1 of the 2-means flags, AUROC of -value for "noisy", precision at k = #noisy."""
+    """F1 of the 2-means flags, F1 at the best threshold (`best_threshold_f1`), AUROC of
+    -value for "noisy", precision at k = #noisy."""
     from sklearn.metrics import f1_score, roc_auc_score
 
     v = np.asarray(values, dtype=np.float64)
@@ -152,7 +208,7 @@ def detection_metrics(values: np.ndarray, noisy: np.ndarray, *, seed: int = 0) -
         raise ShoprankError("values and noise mask differ in length")
     flags = kmeans_flags(v, seed)
     k = int(m.sum())
-    out = {"f1": float(f1_score(m, flags, zero_division=0.0))}
+    out = {"f1": float(f1_score(m, flags, zero_division=0.0)), "f1_best": best_threshold_f1(v, m)}
     out["auroc"] = float(roc_auc_score(m, -v)) if 0 < k < len(m) else float("nan")
     lowest = np.lexsort((np.arange(len(v)), v))[:k]
     out["precision_at_k"] = float(m[lowest].mean()) if k else float("nan")
@@ -194,10 +250,12 @@ def _with_random(methods: Mapping[str, MethodFactory | Valuation]) -> dict[str, 
 
 def noise_detection_experiment(
     data: ValuationData, methods: Mapping[str, MethodFactory | Valuation], *, noise_frac: float = 0.2,
-    seeds: Sequence[int] = (0, 1, 2), classes: Sequence[Any] | None = None,
+    seeds: Sequence[int] = (0, 1, 2), classes: Sequence[Any] | None = None, ceiling: Any = None,
 ) -> pd.DataFrame:
     """Flip `noise_frac` of the training labels (per seed), value with every method and
-    score the detection. One row per (method, seed): f1, auroc, precision_at_k, seconds."""
+    score the detection. One row per (method, seed): f1, f1_best, auroc, precision_at_k,
+    seconds. `ceiling`: a classifier (or True for logistic regression) adds the row
+    `CEILING` (`clean_label_ceiling`: what a model of the clean labels would detect)."""
     if data.y_train is None:
         raise ShoprankError("noise detection needs training labels")
     rows = []
@@ -210,6 +268,12 @@ def noise_detection_experiment(
             vals = make(seed).fit(noisy_data).values
             secs = time.perf_counter() - t0
             rows.append({"method": name, "seed": seed, **detection_metrics(vals, noisy, seed=seed), "seconds": secs})
+        if ceiling is not None and ceiling is not False:
+            t0 = time.perf_counter()
+            vals = clean_label_ceiling(data.x_train, data.y_train, y_noisy, seed=seed,
+                                       estimator=None if ceiling is True else ceiling)
+            rows.append({"method": CEILING, "seed": seed, **detection_metrics(vals, noisy, seed=seed),
+                         "seconds": time.perf_counter() - t0})
     return pd.DataFrame(rows)
 
 
