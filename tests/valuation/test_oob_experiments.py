@@ -81,6 +81,8 @@ def test_clean_label_ceiling_judges_observed_labels_with_a_model_of_the_clean_on
     same = clean_label_ceiling(d.x_train, d.y_train, d.y_train, seed=0)
     assert same[noisy].mean() > ceil[noisy].mean() + 2
     assert np.allclose(same[~noisy], ceil[~noisy])  # same folds, same model: unflipped rows unchanged
+    both = clean_label_ceiling(d.x_train, d.y_train, np.stack([yn, d.y_train]), seed=0)  # one set of fits
+    assert both.shape == (2, len(yn)) and np.allclose(both[0], ceil) and np.allclose(both[1], same)
     with pytest.raises(ShoprankError, match="differ in length"):
         clean_label_ceiling(d.x_train, d.y_train, yn[:-1])
     with pytest.raises(ShoprankError, match="n_folds"):
