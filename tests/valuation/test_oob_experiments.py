@@ -49,6 +49,8 @@ def test_detection_metrics() -> None:
     m = detection_metrics(perfect, noisy)
     assert m == {"f1": 1.0, "f1_best": 1.0, "auroc": 1.0, "precision_at_k": 1.0}
     assert detection_metrics(-perfect, noisy)["auroc"] == 0.0
+    with pytest.raises(ShoprankError, match="1 values are NaN or infinite \\(first at row 7\\)"):
+        detection_metrics(np.where(np.arange(100) == 7, np.nan, perfect), noisy)
 
 
 def test_best_threshold_f1_is_the_best_cut_and_keeps_ties_together() -> None:

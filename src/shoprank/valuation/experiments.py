@@ -210,6 +210,9 @@ def detection_metrics(values: np.ndarray, noisy: np.ndarray, *, seed: int = 0) -
     m = np.asarray(noisy, dtype=bool)
     if len(v) != len(m):
         raise ShoprankError("values and noise mask differ in length")
+    if not np.isfinite(v).all():
+        raise ShoprankError(f"{int((~np.isfinite(v)).sum())} values are NaN or infinite (first at row "
+                            f"{int(np.flatnonzero(~np.isfinite(v))[0])}); fill or drop them before scoring detection")
     flags = kmeans_flags(v, seed)
     k = int(m.sum())
     out = {"f1": float(f1_score(m, flags, zero_division=0.0)), "f1_best": best_threshold_f1(v, m)}
