@@ -283,13 +283,12 @@ def detect() -> str:
         for r in s.to_dict("records"):
             rows.append({"dataset": name, "method": r["method"], **_fmt(r), "F1 best cut": f"{r['f1_best']:.3f}"})
             print(rows[-1], flush=True)
-        f1 = s.set_index("method")["f1"]
-        oob = float(f1["data-oob (100 ridge bags)"])
-        best = f1.drop(["random", CEILING, "data-oob (100 ridge bags)"]).sort_values().index[-1]
+        by = s.set_index("method")
+        f1, oob = by["f1"], float(by.loc["data-oob (100 ridge bags)", "f1"])
+        best = f1.drop(["random", CEILING, "data-oob (100 ridge bags)"]).idxmax()
         verdicts.append(f"- {name}: best method {best} {f1[best]:.3f} = Data-OOB {oob:.3f} "
                         f"{f1[best] - oob:+.3f} (target +0.1); the clean-label ceiling reaches {f1[CEILING]:.3f} "
-                        f"(best cut {s.set_index('method')['f1_best'][CEILING]:.3f}), "
-                        f"{f1[CEILING] - oob:+.3f} over Data-OOB.")
+                        f"(best cut {by.loc[CEILING, 'f1_best']:.3f}), {f1[CEILING] - oob:+.3f} over Data-OOB.")
     return ("Label-noise detection (OpenDataVal protocol): 20% of training labels flipped, F1 of a 2-means "
             "clustering of the values (low cluster = flagged), AUROC of -value, precision at k = number flipped; "
             "mean ± std over 3 seeds; features: frozen all-MiniLM-L6-v2 embeddings (zh: review text, and again "
@@ -347,12 +346,7 @@ def detect_ceiling(seeds: tuple[int, ...] = (0, 1, 2), epochs: int = 2) -> str:
     `detect-lm`'s noisy cross-fit) beside the frozen-feature ceiling and Data-OOB in the same
     run. The fine-tuned fits see only clean labels, so one pair of fits serves every seed."""
     from shoprank.models.textclf import TextClassifier
-    from shoprank.valuation.experiments import (
-        best_threshold_f1,
-        clean_label_ceiling,
-        detection_metrics,
-        flip_labels,
-    )
+    from shoprank.valuation.experiments import clean_label_ceiling, detection_metrics, flip_labels
 
     n_train = 5000
     data = zh_data(encoder="m3e-small")
@@ -376,16 +370,15 @@ def detect_ceiling(seeds: tuple[int, ...] = (0, 1, 2), epochs: int = 2) -> str:
     for s_, (yn, _) in zip(seeds, flips, strict=True):
         nd = ValuationData(data.x_train, yn, data.x_valid, data.y_valid)
         scores["data-oob (100 ridge bags, frozen features)"].append(DataOOB(n_estimators=100, seed=s_).fit(nd).values)
-    rows = []
+    rows, mean_f1 = [], {}
     for name, vals in scores.items():
-        met = [detection_metrics(v, f[1], seed=s_) for v, f, s_ in zip(vals, flips, seeds, strict=True)]
-        best = [best_threshold_f1(v, f[1]) for v, f in zip(vals, flips, strict=True)]
-        rows.append({"method": name, "F1": f"{np.mean([m['f1'] for m in met]):.3f} ± {np.std([m['f1'] for m in met]):.3f}",
-                     "F1 best cut": f"{np.mean(best):.3f}",
-                     "AUROC": f"{np.mean([m['auroc'] for m in met]):.3f}",
-                     "P@k": f"{np.mean([m['precision_at_k'] for m in met]):.3f}"})
+        met = pd.DataFrame([detection_metrics(v, f[1], seed=s_) for v, f, s_ in zip(vals, flips, seeds, strict=True)])
+        mean_f1[name] = float(met["f1"].mean())
+        rows.append({"method": name, "F1": f"{mean_f1[name]:.3f} ± {met['f1'].std(ddof=0):.3f}",
+                     "F1 best cut": f"{met['f1_best'].mean():.3f}", "AUROC": f"{met['auroc'].mean():.3f}",
+                     "P@k": f"{met['precision_at_k'].mean():.3f}"})
         print(rows[-1], flush=True)
-    oob = float(rows[0]["F1"].split(" ")[0])  # type: ignore[union-attr]
+    oob = mean_f1["data-oob (100 ridge bags, frozen features)"]
     return ("zh-shopping-reviews (5,000 training reviews), 20% of labels flipped (seeds 0-2, the flips of `detect`): "
             "the clean-label ceiling, i.e. a model fitted to the *true* labels (on the other fold) judging each "
             "review's observed label: not a method (nobody has the true labels), the most that a detector judging "
@@ -553,7 +546,7 @@ def loop(frac: float = 0.2, seed: int | None = None, epochs: int = 1) -> str:
         return m, out, secs
 
     cached = RESULTS / f"loop-clean-seed0{tag}-epochs{epochs}.json"  # the noise seed does not touch the clean fit
-    if cached.exists() and "per_user" in json.loads(cached.read_text()):  # older files lack per-user values
+    if cached.exists():
         clean, s_clean = json.loads(cached.read_text()), 0.0
         print("clean (stored)", {k: v for k, v in clean.items() if k != "per_user"}, flush=True)
     else:

@@ -36,6 +36,30 @@ def stratified_folds(y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndar
     return fold
 
 
+def out_of_fold_log_proba(x: Any, y_fit: np.ndarray, y_score: np.ndarray, fold: np.ndarray, estimator: Any, *,
+                          floor: float = 1e-6, on_fit: Any = None) -> np.ndarray:
+    """log p(y_score | x) for every row, from the model fitted to `y_fit` on the other folds.
+
+    `y_score` is one label set or a 2-D array with one per row, all judged by the same fits
+    (the result has its shape). Cross-fit confidence scores the labels it fits; the
+    clean-label ceiling fits the true labels and scores the observed ones. A class a fit never
+    saw has probability 0 (then `floor`). `on_fit` is called after each fold's fit."""
+    ys = np.asarray(y_score)
+    obs = ys.reshape(1, -1) if ys.ndim == 1 else ys
+    out = np.empty(obs.shape)
+    for f in np.unique(fold):
+        test, train = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
+        model = make_model(estimator).fit(_take(x, train), y_fit[train])
+        proba = np.asarray(model.predict_proba(_take(x, test)), dtype=np.float64)
+        col = {c: j for j, c in enumerate(np.asarray(model.classes_).tolist())}
+        for r in range(len(obs)):
+            p = np.array([proba[i, col[c]] if c in col else 0.0 for i, c in enumerate(obs[r, test].tolist())])
+            out[r, test] = np.log(np.maximum(p, floor))
+        if on_fit is not None:
+            on_fit()
+    return out[0] if ys.ndim == 1 else out
+
+
 @register_method("cross-fit")
 class CrossFitConfidence(Valuation):
     """Out-of-fold log-probability of each training record's own label.
@@ -72,14 +96,8 @@ class CrossFitConfidence(Valuation):
         with tqdm(total=self.n_repeats * self.n_folds, desc="cross-fit", unit="fit", disable=not self.progress) as bar:
             for r in range(self.n_repeats):
                 fold = stratified_folds(y, self.n_folds, rng)
-                for f in range(self.n_folds):
-                    test, train = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
-                    model = make_model(est).fit(_take(data.x_train, train), y[train])
-                    proba = np.asarray(model.predict_proba(_take(data.x_train, test)), dtype=np.float64)
-                    col = {c: j for j, c in enumerate(np.asarray(model.classes_).tolist())}
-                    p = np.array([proba[i, col[c]] if c in col else 0.0 for i, c in enumerate(y[test].tolist())])
-                    runs[r, test] = np.log(np.maximum(p, self.floor))
-                    bar.update(1)
+                runs[r] = out_of_fold_log_proba(data.x_train, y, y, fold, est, floor=self.floor,
+                                                on_fit=lambda: bar.update(1))
         vals = runs.mean(0)
         var = runs.var(0, ddof=1) if self.n_repeats > 1 else np.zeros(len(y))
         self.result_ = ValuationResult(vals, variances=var, counts=np.full(len(y), self.n_repeats),
@@ -88,4 +106,4 @@ class CrossFitConfidence(Valuation):
         return self
 
 
-__all__ = ["CrossFitConfidence", "stratified_folds"]
+__all__ = ["CrossFitConfidence", "out_of_fold_log_proba", "stratified_folds"]

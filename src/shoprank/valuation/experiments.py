@@ -175,12 +175,10 @@ def clean_label_ceiling(x: Any, y_clean: np.ndarray, y_observed: np.ndarray, *, 
     `estimator`: scikit-learn style classifier (default logistic regression). `y_observed`: one
     label set, or a 2-D array with one per row (e.g. one per noise seed), scored by the same
     fits (they see only the clean labels); the result has the same shape."""
-    from shoprank.valuation.crossfit import stratified_folds
-    from shoprank.valuation.utility import _take, make_model
+    from shoprank.valuation.crossfit import out_of_fold_log_proba, stratified_folds
 
     yc, yo = np.asarray(y_clean), np.asarray(y_observed)
-    obs = yo.reshape(1, -1) if yo.ndim == 1 else yo
-    if obs.ndim != 2 or obs.shape[1] != len(yc):
+    if yo.ndim not in (1, 2) or yo.shape[-1] != len(yc):
         raise ShoprankError(f"clean ({len(yc)}) and observed {yo.shape} labels differ in length")
     if n_folds < 2:
         raise ShoprankError(f"the clean-label ceiling needs n_folds >= 2, got {n_folds}")
@@ -189,16 +187,7 @@ def clean_label_ceiling(x: Any, y_clean: np.ndarray, y_observed: np.ndarray, *, 
 
         estimator = LogisticRegression(max_iter=2000)
     fold = stratified_folds(yc, n_folds, np.random.default_rng(seed))
-    out = np.empty(obs.shape)
-    for f in range(n_folds):
-        test, train = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
-        model = make_model(estimator).fit(_take(x, train), yc[train])
-        proba = np.asarray(model.predict_proba(_take(x, test)), dtype=np.float64)
-        col = {c: j for j, c in enumerate(np.asarray(model.classes_).tolist())}
-        for r in range(len(obs)):
-            p = np.array([proba[i, col[c]] if c in col else 0.0 for i, c in enumerate(obs[r, test].tolist())])
-            out[r, test] = np.log(np.maximum(p, floor))
-    return out[0] if yo.ndim == 1 else out
+    return out_of_fold_log_proba(x, yc, yo, fold, estimator, floor=floor)
 
 
 def detection_metrics(values: np.ndarray, noisy: np.ndarray, *, seed: int = 0) -> dict[str, float]:
